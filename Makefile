@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make run` (the main job) and `make test` (the whole suite).
+# Both create the virtual environment, install the pinned dependencies and prepare the corpora first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= conf/quick.yaml
+
+.PHONY: setup data run test bench clean
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Idempotent: checks the cache manifest and only prepares what is missing or damaged.
+data: $(VENV)/.installed
+	$(PY) -m pipeline setup
+
+run: setup
+	$(PY) -m pipeline sweep $(CONFIG)
+
+# Tests run in a network namespace that has only loopback: Ray and MLflow then bind 127.0.0.1,
+# and the run proves that nothing needs the network.
+test: setup
+	bash scripts/offline.sh $(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) results mlflow.db mlruns

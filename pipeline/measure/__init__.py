@@ -1,0 +1,41 @@
+"""Pure measurements on a functional loss: sharpness, landscape, histogram, spectrum, smoothness."""
+
+from pipeline.measure.gauss_newton import gauss_newton_smoothness
+from pipeline.measure.histogram import update_histogram
+from pipeline.measure.hvp import hessian_vector_products, hvp_operator, quadratic_forms
+from pipeline.measure.landscape import loss_landscape
+from pipeline.measure.sharpness import (
+    SharpnessResult,
+    directional_sharpness,
+    gradient_correlation,
+    sharpness_with_robust,
+    update_norms,
+)
+from pipeline.measure.spectrum import (
+    EigenResult,
+    gradient_curvature_correlation,
+    hutchinson_diagonal,
+    hutchinson_diagonal_with_error,
+    rank_correlation,
+    top_hessian_eigenvalue,
+)
+
+__all__ = [
+    "EigenResult",
+    "SharpnessResult",
+    "directional_sharpness",
+    "gauss_newton_smoothness",
+    "gradient_correlation",
+    "gradient_curvature_correlation",
+    "hessian_vector_products",
+    "hutchinson_diagonal",
+    "hutchinson_diagonal_with_error",
+    "hvp_operator",
+    "loss_landscape",
+    "quadratic_forms",
+    "rank_correlation",
+    "sharpness_with_robust",
+    "top_hessian_eigenvalue",
+    "update_histogram",
+    "update_norms",
+]

@@ -1,0 +1,178 @@
+"""Hessian-vector products of a functional loss, batched over directions (forward-over-reverse).
+
+Pan & Li 2023 (arXiv 2306.00204) measure v^T H v with Hessian-vector products, one direction at
+a time (torch.autograd.functional.vhp: a fresh forward, backward and double backward each). Here
+the product is forward-mode AD of the gradient (torch.func.jvp of torch.func.grad), vmapped over
+the stacked directions: the primal forward and backward run once and only the tangents are
+batched. Nested forward mode (forward-over-forward) would be cheaper for a scalar v^T H v, but it
+silently returns wrong second derivatives through layer_norm and batch_norm (pytorch issues
+#196700, #196699); forward-over-reverse agrees with double backward (tests/measure guard this on
+the real workload models). Second derivatives need eager attention: fused SDPA kernels have
+neither double backward nor forward-mode AD (DATA.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+from torch.func import grad, jvp, vmap
+
+LossFn = Callable[[dict[str, Tensor]], Tensor]
+Vector = dict[str, Tensor]  # one point or direction in parameter space: param name -> tensor
+
+
+def check_params(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The params as a plain dict of detached floating tensors (ValueError otherwise)."""
+    if not isinstance(params, Mapping) or not params:
+        raise ValueError("params must be a non-empty mapping name -> tensor")
+    bad = [n for n, p in params.items() if not (isinstance(p, Tensor) and p.is_floating_point())]
+    if bad:
+        raise ValueError(f"params must be floating-point tensors; not so for {bad[:5]}")
+    return {n: p.detach() for n, p in params.items()}
+
+
+def check_directions(directions: Mapping, params: Mapping[str, Tensor],
+                     what: str = "directions") -> dict:
+    """Validates label -> (name -> tensor) against params: same names, shapes, dtype and device."""
+    if not isinstance(directions, Mapping) or not directions:
+        raise ValueError(f"{what} must be a non-empty mapping label -> (param name -> tensor)")
+    checked = {}
+    for label, vec in directions.items():
+        if not isinstance(vec, Mapping) or set(vec) != set(params):
+            raise ValueError(f"{what}[{label!r}] must map exactly the params' names to tensors")
+        for n, p in params.items():
+            t = vec[n]
+            if not isinstance(t, Tensor) or t.shape != p.shape:
+                raise ValueError(f"{what}[{label!r}][{n!r}] must be a tensor of shape {tuple(p.shape)}")
+            if t.device != p.device:
+                raise ValueError(f"{what}[{label!r}][{n!r}] is on {t.device}; params are on {p.device}")
+        checked[label] = {n: vec[n].detach().to(params[n].dtype) for n in params}
+    return checked
+
+
+def check_loss_fn(loss_fn: object) -> None:
+    if not callable(loss_fn):
+        raise ValueError("loss_fn must be a callable params_dict -> scalar tensor")
+
+
+def vector_norm(vec: Mapping[str, Tensor]) -> Tensor:
+    """||v|| over all tensors, accumulated in float64 (0-dim, on the tensors' device)."""
+    norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in vec.values()])
+    return torch.linalg.vector_norm(norms)
+
+
+def inner(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
+    """<a, b> over all tensors, each tensor's dot accumulated in float64 (0-dim)."""
+    return torch.stack([(a[n] * b[n]).sum(dtype=torch.float64) for n in a]).sum()
+
+
+def unit_directions(directions: Mapping[str, Vector]) -> tuple[dict[str, Vector], Tensor]:
+    """(label -> v/||v||, the norms (K,) float64). A zero direction stays zero (norm 0)."""
+    labels = list(directions)
+    norms = torch.stack([vector_norm(directions[k]) for k in labels])  # (K,)
+    # Dividing by a zero norm would give NaN tangents; 1 keeps the zero vector, callers flag it.
+    safe = torch.where(norms > 0, norms, torch.ones_like(norms))
+    units = {
+        k: {n: t / safe[i].to(t.dtype) for n, t in directions[k].items()}
+        for i, k in enumerate(labels)
+    }
+    return units, norms
+
+
+def stack(vectors: Sequence[Mapping[str, Tensor]]) -> Vector:
+    """K vectors -> one vector whose tensors have a leading dimension K."""
+    return {n: torch.stack([v[n] for v in vectors]) for n in vectors[0]}
+
+
+def hessian_vector_products(loss_fn: LossFn, params: Mapping[str, Tensor], tangents: Vector,
+                            *, chunk_size: int | None = None) -> Vector:
+    """H t_k for stacked tangents (name -> (K, *shape)); returns name -> (K, *shape).
+
+    One primal forward and backward serve every tangent of a chunk (see the module docstring).
+    """
+    gradient = grad(loss_fn)
+    base = dict(params)
+
+    def one(t: Vector) -> Vector:
+        return jvp(gradient, (base,), (t,))[1]
+
+    return _chunked(lambda size: vmap(one, chunk_size=size)(tangents), _count(tangents), chunk_size)
+
+
+def quadratic_forms(loss_fn: LossFn, params: Mapping[str, Tensor], tangents: Vector,
+                    *, shifts: Vector | None = None, chunk_size: int | None = None) -> Tensor:
+    """t_k^T H(x + s_k) t_k for stacked tangents t (and optional stacked shifts s): (K,) float64.
+
+    Without shifts the Hessian is at x for all k and the primal work is shared; with shifts each
+    k has its own point (the robust sharpness), so the primal is batched too.
+    """
+    gradient = grad(loss_fn)
+    base = dict(params)
+
+    def one(t: Vector, s: Vector | None) -> Tensor:
+        x = base if s is None else {n: base[n] + s[n] for n in base}
+        ht = jvp(gradient, (x,), (t,))[1]
+        return inner(t, ht)
+
+    in_dims = (0, None if shifts is None else 0)
+    run = lambda size: vmap(one, in_dims=in_dims, chunk_size=size)(tangents, shifts)  # noqa: E731
+    return _chunked(run, _count(tangents), chunk_size)
+
+
+def _count(stacked: Vector) -> int:
+    return int(next(iter(stacked.values())).shape[0])
+
+
+def _chunked(run: Callable[[int | None], object], count: int, chunk_size: int | None):
+    """`run(chunk)`; with chunk_size=None start with every tangent at once and halve the chunk on
+    out-of-memory (vmapping K tangents multiplies the tangent activations' memory by K)."""
+    if chunk_size is not None:
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+        return run(chunk_size)
+    size = count
+    while True:
+        try:
+            return run(None if size >= count else size)
+        except (torch.OutOfMemoryError, RuntimeError) as err:  # noqa: PERF203
+            if size <= 1 or not _is_out_of_memory(err):
+                raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        size = (size + 1) // 2
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or (
+        "can't allocate memory" in text
+    )
+
+
+def hvp_operator(loss_fn: LossFn, params: Mapping[str, Tensor]) -> Callable[[Vector], Vector]:
+    """v -> H v at params for one v at a time, sharing one retained gradient graph.
+
+    For sequential products (Lanczos) double backward through a graph built once is cheaper
+    than forward-over-reverse, which would redo the primal forward and backward per product.
+    """
+    live = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    with torch.enable_grad():
+        grads = torch.autograd.grad(loss_fn(live), list(live.values()), create_graph=True)
+    # A gradient that does not depend on the weights (loss linear in them) has a zero Hessian
+    # block and no graph; autograd.grad refuses such outputs, so they are left out.
+    linked = [i for i, g in enumerate(grads) if g.requires_grad]
+    inputs = list(live.values())
+
+    def apply(v: Mapping[str, Tensor]) -> Vector:
+        vs = [v[n] for n in live]
+        hv = [None] * len(inputs)
+        if linked:
+            hv = torch.autograd.grad([grads[i] for i in linked], inputs,
+                                     grad_outputs=[vs[i] for i in linked],
+                                     retain_graph=True, allow_unused=True)
+        return {n: torch.zeros_like(p) if h is None else h.detach()
+                for (n, p), h in zip(live.items(), hv)}
+
+    return apply

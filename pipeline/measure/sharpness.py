@@ -1,0 +1,114 @@
+"""Directional sharpness v^T H v / ||v||^2 (and its robust variant), gradient correlation, norms.
+
+Pan & Li 2023 (arXiv 2306.00204), section 3: the directional sharpness of an update v at x is
+v^T H(x) v / ||v||^2 on a fixed test batch. When it comes out negative the paper also reports
+v^T H(x + delta v/||v||) v / ||v||^2 (delta = 0.01), flagged as robust (DESIGN.md section 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pipeline.measure.hvp import (
+    LossFn,
+    Vector,
+    check_directions,
+    check_loss_fn,
+    check_params,
+    inner,
+    quadratic_forms,
+    stack,
+    unit_directions,
+    vector_norm,
+)
+
+
+@dataclass(frozen=True)
+class SharpnessResult:
+    """`value` is what tables report: `raw`, or the robust value when raw < 0 (`robust=True`)."""
+
+    value: float
+    raw: float
+    robust: bool
+
+
+def directional_sharpness(loss_fn: LossFn, params: Mapping[str, Tensor],
+                          directions: Mapping[str, Vector], *,
+                          chunk_size: int | None = None) -> dict[str, float]:
+    """label -> v^T H v / ||v||^2, H the Hessian of loss_fn at params (NaN for a zero v).
+
+    All directions share one primal forward and backward (pipeline.measure.hvp); `chunk_size`
+    bounds how many are vmapped at once (None: all, halved on out-of-memory).
+    """
+    check_loss_fn(loss_fn)
+    params = check_params(params)
+    directions = check_directions(directions, params)
+    units, norms = unit_directions(directions)
+    values = _forms(loss_fn, params, units, norms, chunk_size)
+    return dict(zip(directions, values.tolist()))
+
+
+def sharpness_with_robust(loss_fn: LossFn, params: Mapping[str, Tensor],
+                          directions: Mapping[str, Vector], *, delta: float = 0.01,
+                          chunk_size: int | None = None) -> dict[str, SharpnessResult]:
+    """label -> SharpnessResult; negative raw values are re-measured at x + delta v/||v||."""
+    check_loss_fn(loss_fn)
+    if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
+        raise ValueError(f"delta must be a positive finite number; got {delta!r}")
+    params = check_params(params)
+    directions = check_directions(directions, params)
+    units, norms = unit_directions(directions)
+    raw = _forms(loss_fn, params, units, norms, chunk_size).tolist()
+    labels = list(directions)
+    negative = [k for k, r in zip(labels, raw) if r < 0]
+    robust: dict[str, float] = {}
+    if negative:
+        tangents = stack([units[k] for k in negative])
+        shifts = {n: float(delta) * t for n, t in tangents.items()}
+        values = quadratic_forms(loss_fn, params, tangents, shifts=shifts, chunk_size=chunk_size)
+        robust = dict(zip(negative, values.tolist()))
+    return {
+        k: SharpnessResult(value=robust.get(k, r), raw=r, robust=k in robust)
+        for k, r in zip(labels, raw)
+    }
+
+
+def gradient_correlation(grads: Mapping[str, Tensor],
+                         directions: Mapping[str, Vector]) -> dict[str, float]:
+    """label -> -<g, v> / ||v|| (positive when v descends; NaN for a zero v)."""
+    grads = check_params(grads)
+    directions = check_directions(directions, grads)
+    labels = list(directions)
+    dots = torch.stack([inner(grads, directions[k]) for k in labels])
+    norms = torch.stack([vector_norm(directions[k]) for k in labels])
+    return dict(zip(labels, (-dots / _nan_if_zero(norms)).tolist()))
+
+
+def update_norms(directions: Mapping[str, Vector]) -> dict[str, float]:
+    """label -> ||v|| over all of its tensors."""
+    if not isinstance(directions, Mapping) or not directions:
+        raise ValueError("directions must be a non-empty mapping label -> (param name -> tensor)")
+    first = next(iter(directions.values()))
+    if not isinstance(first, Mapping) or not first:
+        raise ValueError("directions' values must be non-empty mappings param name -> tensor")
+    directions = check_directions(directions, check_params(first))
+    labels = list(directions)
+    return dict(zip(labels, torch.stack([vector_norm(directions[k]) for k in labels]).tolist()))
+
+
+def _forms(loss_fn: LossFn, params: Vector, units: dict[str, Vector], norms: Tensor,
+           chunk_size: int | None) -> Tensor:
+    """u^T H u for the unit directions, NaN where the direction was zero: (K,) float64."""
+    # v^T H v / ||v||^2 = u^T H u with u = v/||v||: tangents of unit size keep float32 in range.
+    tangents = stack(list(units.values()))
+    forms = quadratic_forms(loss_fn, params, tangents, chunk_size=chunk_size)
+    return torch.where(norms > 0, forms, torch.full_like(forms, math.nan))
+
+
+def _nan_if_zero(x: Tensor) -> Tensor:
+    return torch.where(x != 0, x.to(torch.float64), torch.full_like(x, math.nan, dtype=torch.float64))

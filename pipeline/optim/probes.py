@@ -1,0 +1,122 @@
+"""The probe bank: every algorithm's pseudo-update from the same gradients, weights untouched.
+
+Pan & Li 2023 (arXiv 2306.00204), section 3: along one training trajectory, each step's minibatch
+gradient is also fed to probe optimizers that keep their own state; their current updates are the
+directions whose sharpness is measured. The probes run the very rules that `make_optimizer`
+trains with (pipeline.optim.rules), so a probe and a training optimizer of the same algorithm and
+clip produce bit-identical steps from the same gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from pipeline.optim.base import Rule, State
+from pipeline.optim.clip import coordinate_clip
+from pipeline.optim.rules import make_rule
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One probe optimizer. `lr=None` is Adafactor's relative step; the lr only scales the step."""
+
+    label: str  # stable, used in every table: "sgd", "sgd_clip0.1", ...
+    algorithm: str
+    clip_fraction: float = 0.0
+    clip_target: str = "grad"
+    lr: float | None = 1.0
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+
+    def rule(self) -> Rule:
+        """The rule this probe runs (ValueError on a bad field)."""
+        if not isinstance(self.label, str) or not self.label:
+            raise ValueError(f"label must be a non-empty string; got {self.label!r}")
+        return make_rule(self.algorithm, lr=self.lr, clip_fraction=self.clip_fraction,
+                         clip_target=self.clip_target, **dict(self.hparams))
+
+
+# The paper's twelve probes (its code's algorithm_list_*_machine_translation), in its order.
+# Clip fractions are the paper's defaults: 0.1 for SGD / normalized SGD, 0.5 for the adaptive ones.
+DEFAULT_PROBES: tuple[ProbeSpec, ...] = (
+    ProbeSpec("sgd", "sgd"),
+    ProbeSpec("sgd_clip0.1", "sgd", clip_fraction=0.1),
+    ProbeSpec("adam", "adam"),
+    ProbeSpec("adam_clip0.5", "adam", clip_fraction=0.5),
+    ProbeSpec("adam_clipupdate0.5", "adam", clip_fraction=0.5, clip_target="update"),
+    ProbeSpec("adafactor", "adafactor", lr=None),
+    ProbeSpec("adafactor_clip0.5", "adafactor", clip_fraction=0.5, lr=None),
+    ProbeSpec("lion", "lion"),
+    ProbeSpec("lion_clipupdate0.5", "lion", clip_fraction=0.5, clip_target="update"),
+    ProbeSpec("sign_sgd", "sign_sgd"),
+    ProbeSpec("normalized_sgd", "normalized_sgd"),
+    ProbeSpec("normalized_sgd_clip0.1", "normalized_sgd", clip_fraction=0.1),
+)
+
+
+class ProbeBank:
+    """Probe optimizers that follow the training gradients without moving the weights.
+
+    `step(grads, params)` advances every probe's state (on the params' device; no host copies);
+    `directions()` gives label -> (param name -> the step that probe computed last). Work is
+    shared: the clipped gradient is computed once per distinct clip fraction per step.
+    """
+
+    def __init__(self, params: Mapping[str, Tensor], specs: Sequence[ProbeSpec] = DEFAULT_PROBES) -> None:
+        if not isinstance(params, Mapping) or not params:
+            raise ValueError("params must be a non-empty mapping name -> tensor")
+        specs = tuple(specs)
+        if not specs:
+            raise ValueError("specs must hold at least one ProbeSpec; got none")
+        if not all(isinstance(s, ProbeSpec) for s in specs):
+            raise ValueError("specs must be ProbeSpec instances")
+        labels = [s.label for s in specs]
+        duplicates = sorted({x for x in labels if labels.count(x) > 1})
+        if duplicates:
+            raise ValueError(f"specs labels must be unique; repeated: {duplicates}")
+        rules = [s.rule() for s in specs]  # all checks before any state exists
+        self.names = list(params)
+        self.labels = labels
+        self._shapes = {n: params[n].shape for n in self.names}
+        tensors = [params[n].detach() for n in self.names]
+        self._rules: list[Rule] = rules
+        self._states: list[State] = [r.init(tensors) for r in rules]
+        self._steps: list[list[Tensor]] | None = None
+
+    def step(self, grads: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> None:
+        """Advance every probe with this gradient; `params` are the current weights (read only)."""
+        g = self._ordered(grads, "grads")
+        x = self._ordered(params, "params")
+        clipped: dict[float, list[Tensor]] = {}
+        steps = []
+        for rule, state in zip(self._rules, self._states):
+            shared = None
+            if rule.clips_grad:
+                if rule.clip_fraction not in clipped:
+                    clipped[rule.clip_fraction] = coordinate_clip(g, rule.clip_fraction)
+                shared = clipped[rule.clip_fraction]
+            s, _ = rule.update(g, state, x, clipped_grads=shared)
+            steps.append(s)
+        self._steps = steps
+
+    def directions(self) -> dict[str, dict[str, Tensor]]:
+        """label -> (param name -> that probe's step at the last `step` call)."""
+        if self._steps is None:
+            raise RuntimeError("directions() needs a step() first: no probe has an update yet")
+        return {label: dict(zip(self.names, s)) for label, s in zip(self.labels, self._steps)}
+
+    def _ordered(self, tensors: Mapping[str, Tensor], what: str) -> list[Tensor]:
+        if not isinstance(tensors, Mapping):
+            raise ValueError(f"{what} must be a mapping name -> tensor")
+        missing = [n for n in self.names if n not in tensors]
+        extra = [n for n in tensors if n not in self._shapes]
+        if missing or extra:
+            raise ValueError(f"{what} must have exactly the bank's parameter names; "
+                             f"missing {missing[:5]}, unexpected {extra[:5]}")
+        wrong = [n for n in self.names if tensors[n].shape != self._shapes[n]]
+        if wrong:
+            raise ValueError(f"{what} shapes differ from the bank's params for {wrong[:5]}")
+        return [tensors[n].detach() for n in self.names]

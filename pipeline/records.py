@@ -1,0 +1,219 @@
+"""Per-trial Parquet records: one explicit pyarrow schema per table, one atomic, deterministic writer."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.schemas import IDENTIFYING_COLUMNS, OUTPUT_TABLES, TRIAL_TABLES, TableSpec
+
+Records = Mapping[str, Sequence[Mapping[str, object]]]
+
+# The schemas live in pipeline/schemas.py (defined once); re-exported for callers of this module.
+SCHEMAS: dict[str, pa.Schema] = {name: spec.schema for name, spec in TRIAL_TABLES.items()}
+
+__all__ = [
+    "IDENTIFYING_COLUMNS",
+    "OUTPUT_TABLES",
+    "SCHEMAS",
+    "TRIAL_TABLES",
+    "Records",
+    "TableSpec",
+    "atomic_write_bytes",
+    "identifying_values",
+    "read_trial_records",
+    "rows_to_table",
+    "write_table",
+    "write_trial_records",
+]
+
+# Parquet writer options fixed here so that the same rows always give the same bytes (no
+# timestamps are written by parquet-cpp; "created_by" names the pyarrow version only).
+_WRITE_OPTIONS = {"compression": "zstd", "use_dictionary": True, "write_statistics": True}
+
+
+def identifying_values(trial: Mapping[str, object]) -> dict[str, object]:
+    """The identifying columns of a trial's rows, taken from its trial dict (docs/architecture.md)."""
+    missing = [name for name in IDENTIFYING_COLUMNS if name not in trial]
+    if missing:
+        raise ValueError(f"trial: missing key(s) {missing}; a trial dict needs {list(IDENTIFYING_COLUMNS)}")
+    workload = trial["workload"]
+    if isinstance(workload, Mapping):
+        if "name" not in workload:
+            raise ValueError("trial: 'workload' is a spec without a 'name' key")
+        workload = workload["name"]
+    values = {name: trial[name] for name in IDENTIFYING_COLUMNS}
+    values["workload"] = workload
+    schema = TRIAL_TABLES["convergence"].schema
+    for name, value in values.items():
+        _check_value("trial", name, schema.field(name), value)
+    return values
+
+
+def _check_value(where: str, column: str, field: pa.Field, value: object) -> None:
+    """Reject values that pyarrow would silently coerce (2.5 -> int 2, True -> 1.0)."""
+    if value is None:
+        if not field.nullable:
+            raise ValueError(f"{where}: column {column!r} is null; it is not nullable")
+        return
+    kind = field.type
+    is_bool = isinstance(value, (bool, np.bool_))
+    if pa.types.is_boolean(kind):
+        ok = is_bool
+    elif pa.types.is_integer(kind):
+        ok = isinstance(value, (int, np.integer)) and not is_bool
+    elif pa.types.is_floating(kind):
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not is_bool
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ValueError(f"{where}: column {column!r} expects {kind}, got {type(value).__name__} {value!r}")
+
+
+def _spec(table: str | TableSpec, known: Mapping[str, TableSpec]) -> TableSpec:
+    if isinstance(table, TableSpec):
+        return table
+    if table not in known:
+        raise ValueError(f"table: unknown table {table!r}; known tables are {sorted(known)}")
+    return known[table]
+
+
+def rows_to_table(
+    table: str | TableSpec, rows: Iterable[Mapping[str, object]], *, identifying: bool = True
+) -> pa.Table:
+    """Validate rows against a table's schema and build a pyarrow table (in the rows' order).
+
+    ``table`` is a trial table's name or any TableSpec. With ``identifying=True`` the rows must
+    carry every column of the schema; otherwise (experiment rows) exactly the schema's columns
+    less the identifying ones. A missing, unexpected, null (where not nullable) or mistyped
+    value raises a ValueError naming the table and the column.
+    """
+    spec = _spec(table, TRIAL_TABLES)
+    schema = spec.schema
+    names = schema.names if identifying else [n for n in schema.names if n not in IDENTIFYING_COLUMNS]
+    expected = set(names)
+    columns: dict[str, list[object]] = {name: [] for name in names}
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"table {spec.name!r}: row {i} is a {type(row).__name__}, not a dict")
+        keys = set(row)
+        if keys != expected:
+            missing, extra = sorted(expected - keys), sorted(keys - expected)
+            problems = ([f"missing column(s) {missing}"] if missing else []) + (
+                [f"unexpected column(s) {extra}"] if extra else []
+            )
+            raise ValueError(f"table {spec.name!r}: row {i} has {' and '.join(problems)}; expected exactly {names}")
+        for name in names:
+            value = row[name]
+            _check_value(f"table {spec.name!r} row {i}", name, schema.field(name), value)
+            columns[name].append(value)
+    fields = [schema.field(name) for name in names]
+    arrays = [pa.array(columns[f.name], type=f.type) for f in fields]
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _sorted(spec: TableSpec, data: pa.Table) -> pa.Table:
+    """Rows in a fixed order: the table's key columns, then every other column as a tie-break,
+    so that the same set of rows always gives the same file whatever order it came in."""
+    if data.num_rows <= 1:
+        return data
+    keys = [k for k in spec.sort_keys if k in data.column_names]
+    keys += [k for k in data.column_names if k not in keys]
+    return data.sort_by([(k, "ascending", "at_end") for k in keys])
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write to a hidden temp file in the same directory, fsync, then os.replace: readers see
+    either the old file or the whole new one, never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    # os.open, not mkstemp: mode 0o666 under the umask, so other readers of shared storage can read it.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_table(table: str | TableSpec, data: pa.Table, path: str | os.PathLike[str]) -> Path:
+    """Write one table atomically, cast to its schema and sorted: same rows, same bytes.
+
+    ``table`` is a TableSpec or the name of an aggregate table (pipeline.schemas.OUTPUT_TABLES).
+    """
+    spec = _spec(table, OUTPUT_TABLES)
+    if data.schema.names != spec.schema.names:
+        raise ValueError(
+            f"table {spec.name!r}: columns {data.schema.names} differ from the schema's {spec.schema.names}"
+        )
+    # No schema metadata: nothing pandas-specific, nothing that varies between runs.
+    data = _sorted(spec, data.cast(spec.schema)).replace_schema_metadata(None)
+    sink = pa.BufferOutputStream()
+    pq.write_table(data, sink, **_WRITE_OPTIONS)
+    path = Path(path)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return path
+
+
+def write_trial_records(
+    trial_dir: str | os.PathLike[str], trial: Mapping[str, object], records: Records
+) -> list[Path]:
+    """Write a trial's records to ``<trial_dir>/records/<table>.parquet``, one file per table.
+
+    Rows carry only the experiment's own columns; the trial's identifying columns are added here.
+    Every table is validated before any file is written, so bad rows leave no partial records.
+    A table given with no rows is still written (empty), so the aggregate stage knows it ran.
+    """
+    ident = identifying_values(trial)
+    built: dict[str, pa.Table] = {}
+    for table in sorted(records):
+        if table not in TRIAL_TABLES:
+            raise ValueError(f"records: unknown table {table!r}; trial tables are {list(TRIAL_TABLES)}")
+        rows = records[table]
+        if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)):
+            raise ValueError(f"records: table {table!r} must be a list of row dicts, not {type(rows).__name__}")
+        rows_to_table(table, rows, identifying=False)  # checks the experiment's own columns
+        built[table] = rows_to_table(table, [{**ident, **row} for row in rows], identifying=True)
+    out = Path(trial_dir) / "records"
+    return [write_table(TRIAL_TABLES[table], data, out / f"{table}.parquet") for table, data in built.items()]
+
+
+def _read_parquet(table: str, path: Path) -> pa.Table:
+    data = pq.ParquetFile(path).read()
+    expected = TRIAL_TABLES[table].schema
+    if data.schema.names != expected.names:
+        raise ValueError(f"records file {path}: columns {data.schema.names} differ from the {table!r} schema")
+    try:
+        return data.cast(expected)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise ValueError(f"records file {path}: does not match the {table!r} schema ({err})") from err
+
+
+def read_trial_records(sweep_dir: str | os.PathLike[str]) -> dict[str, pa.Table]:
+    """Every trial's records under ``<sweep_dir>/trials/*/records``, concatenated per table.
+
+    Tables come back sorted by their key columns (trial first), so the result does not depend on
+    the order in which trials finished. Only tables with at least one file appear.
+    """
+    trials = Path(sweep_dir) / "trials"
+    parts: dict[str, list[pa.Table]] = {}
+    for path in sorted(trials.glob("*/records/*.parquet")):
+        table = path.stem
+        if table not in TRIAL_TABLES:
+            raise ValueError(f"records file {path}: unknown table {table!r}; trial tables are {list(TRIAL_TABLES)}")
+        parts.setdefault(table, []).append(_read_parquet(table, path))
+    return {
+        table: _sorted(TRIAL_TABLES[table], pa.concat_tables(parts[table]).combine_chunks())
+        for table in TRIAL_TABLES
+        if table in parts
+    }

@@ -1,0 +1,224 @@
+"""report.md for a sweep: the aggregate tables rendered as markdown, what each means, and the figures."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipeline import figures as fig
+from pipeline.records import atomic_write_bytes
+from pipeline.tables import FINAL_WINDOW, group_rows, mean, trajectory_label
+
+Rows = list[dict[str, object]]
+
+# One line per table file, in the order report.md lists them.
+TABLE_NOTES = {
+    "sharpness": "tidy: per trial, measurement step and probe: directional sharpness (robust value when the raw "
+    "one is negative), ratio to SGD, gradient correlation, update norm",
+    "landscape": "tidy: loss on the fixed test batch at x + s v/||v|| along each probe's update",
+    "histogram": "tidy: histogram of log10 |v_i| / ||v||_inf per probe (paper Fig. 1)",
+    "convergence": "tidy: train loss per step, test loss where evaluated (paper Fig. 6)",
+    "convergence_summary": "per workload x algorithm x clip setting: best lr, final loss mean/std over seeds, "
+    "speed-up from clipping",
+    "smoothness": "tidy: Gauss-Newton L, ell, L/ell, eps per measurement point (paper App. D)",
+    "curvature": "top Hessian eigenvalue and |g|-vs-|H_ii| rank correlations, beside each probe's directional "
+    "sharpness",
+    "table1_sharpness_ratio": "paper Tables 1, 4-7 layout: step x probe x seed sharpness ratio to SGD with the "
+    "mean over seeds",
+    "table3_convergence": "paper Table 3 layout: per algorithm, unclipped vs clipped best lr, final loss, speed-up",
+    "table8_smoothness": "paper Table 8 layout: L, ell, L/ell, eps per measurement point, mean over seeds",
+}
+
+
+def fmt(value: object) -> str:
+    """A table cell: 4 significant digits for floats, '-' for null."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _trajectories(rows: Rows) -> list[tuple[tuple, Rows]]:
+    groups = group_rows(rows, fig.TRAJECTORY)  # (workload, algorithm, clip_fraction, clip_target, lr)
+    return sorted(groups.items(), key=lambda kv: (*kv[0][:4], kv[0][4] is None, kv[0][4] or 0.0))
+
+
+def _heading(key: Sequence[object]) -> str:
+    workload, algorithm, clip_fraction, clip_target, lr = key
+    return f"### {workload}: trajectory {trajectory_label(algorithm, clip_fraction, clip_target)}, lr {fig.lr_text(lr)}"
+
+
+def _image(stem: str, figures: Mapping[str, Path]) -> list[str]:
+    return [f"![{stem}](figures/{stem}.png)", ""] if stem in figures else []
+
+
+def _sharpness_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
+    out = ["## Directional sharpness ratio to SGD (paper Tables 1, 4-7; Figs. 1-3)", "",
+           "Each cell is the directional sharpness v^T H v / ||v||^2 of one probe's update (the robust "
+           "value at x + 0.01 v/||v|| when the raw one is negative), divided by that of the SGD probe at "
+           "the same step, on the fixed test batch, along the trajectory of the training optimizer named "
+           "in the heading. Below 1 means a flatter direction than SGD's; the paper finds adaptive and "
+           "clipped updates far below 1 on transformers. Columns are seeds and their mean "
+           "(`tables/table1_sharpness_ratio.parquet`). The figures show the ratio over steps, the loss "
+           "along each probe's direction (landscape) and the distribution of update coordinates.", ""]
+    for key, group in _trajectories(rows):
+        seeds = sorted({r["seed"] for r in group})
+        cells = {(r["step"], r["probe"], r["seed"]): r["ratio_to_sgd"] for r in group}
+        means = {(r["step"], r["probe"]): r["ratio_mean"] for r in group}
+        body = [[step, probe, *[cells.get((step, probe, s)) for s in seeds], means[(step, probe)]]
+                for step, probe in sorted(means)]
+        out += [_heading(key), "", markdown_table(["step", "probe", *[f"seed {s}" for s in seeds], "mean"], body), ""]
+        for kind in ("sharpness_ratio", "landscape", "histogram"):
+            out += _image(fig.figure_stem(kind, *key), figures)
+    return out
+
+
+def _convergence_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
+    out = ["## Convergence and the speed-up from clipping (paper Table 3, Fig. 6)", "",
+           f"For each algorithm the best learning rate is the one with the lowest mean over seeds of the "
+           f"final train loss (mean of the last {FINAL_WINDOW} logged steps). Final loss is mean +- std "
+           "(ddof 1) over seeds at that lr. Steps to target: the first step at which the seed-mean loss "
+           "curve (smoothed over the same window) reaches the unclipped run's final loss; speed-up = "
+           "unclipped steps / clipped steps (> 1: clipping is faster), loss ratio = clipped / unclipped "
+           "final loss (< 1: clipping ends lower). `-` where a run is missing or never reached the "
+           "target. The figure shows the loss curves at the best lr with a +-1 std band over seeds.", ""]
+    header = ["algorithm", "lr", "final loss", "clip", "clip lr", "clip final loss",
+              "steps", "clip steps", "speed-up", "loss ratio"]
+    for (workload,), group in sorted(group_rows(rows, ("workload",)).items()):
+        body = []
+        for r in sorted(group, key=lambda r: (r["algorithm"], r["clip_fraction"] or 0.0, r["clip_target"] or "")):
+            clip = None
+            if r["clip_fraction"] is not None:
+                clip = trajectory_label(r["algorithm"], r["clip_fraction"], r["clip_target"])
+            body.append([
+                r["algorithm"], _lr_cell(r["lr"], r["final_loss_mean"]), _pm(r["final_loss_mean"], r["final_loss_std"]),
+                clip, _lr_cell(r["clip_lr"], r["clip_final_loss_mean"]),
+                _pm(r["clip_final_loss_mean"], r["clip_final_loss_std"]), r["steps_to_target"],
+                r["clip_steps_to_target"], r["speedup"], r["loss_ratio"],
+            ])
+        out += [f"### {workload}", "", markdown_table(header, body), ""]
+        out += _image(fig.figure_stem("loss", workload), figures)
+    return out
+
+
+def _lr_cell(lr: float | None, loss: float | None) -> str | None:
+    return None if loss is None else fig.lr_text(lr)
+
+
+def _pm(m: float | None, s: float | None) -> str | None:
+    return None if m is None else (fmt(m) if s is None else f"{fmt(m)} +- {fmt(s)}")
+
+
+def _smoothness_order(r: dict[str, object]) -> tuple:
+    return (r["trajectory"], r["lr"] is None, r["lr"] or 0.0, r["outlier_factor"], r["step"])
+
+
+def _smoothness_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
+    out = ["## Gauss-Newton smoothness (paper Table 8, App. D)", "",
+           "L is the spectral norm of the Gauss-Newton Hessian of the binary classifier; ell is the same "
+           "norm after removing the coordinates whose row norm is at least `factor` x the mean row norm, "
+           "and eps the fraction of coordinates removed. A large L/ell with a tiny eps means a few "
+           "coordinates carry the bad smoothness (the paper's argument for coordinate-wise clipping). "
+           "Means over seeds; L/ell is the mean of each seed's ratio.", ""]
+    header = ["trajectory", "lr", "factor", "step", "seeds", "L", "ell", "L/ell", "eps"]
+    for (workload,), group in sorted(group_rows(rows, ("workload",)).items()):
+        body = [[r["trajectory"], fig.lr_text(r["lr"]), r["outlier_factor"], r["step"], r["n_seeds"],
+                 r["L"], r["ell"], r["ratio"], r["fraction_removed"]]
+                for r in sorted(group, key=_smoothness_order)]
+        out += [f"### {workload}", "", markdown_table(header, body), ""]
+        out += _image(fig.figure_stem("smoothness", workload), figures)
+    return out
+
+
+def _curvature_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
+    out = ["## Curvature beside directional sharpness (beyond the paper, Sec. 4.2 conjecture)", "",
+           "lambda_max is the top Hessian eigenvalue (Lanczos) on the test batch; rank corr is the "
+           "Spearman correlation between |g_i| and the Hutchinson estimate of |H_ii| over all "
+           "coordinates and over the top-k fraction by |g|. The probe columns give each probe's raw "
+           "directional sharpness divided by lambda_max (at most 1: sharpness along one direction "
+           "cannot exceed the top eigenvalue). Means over seeds.", ""]
+    for key, group in _trajectories(rows):
+        probes = sorted({r["probe"] for r in group if r["probe"] is not None})
+        body = []
+        for (step,), sr in sorted(group_rows(group, ("step",)).items()):
+            points = list({r["trial_id"]: r for r in sr}.values())
+            ratios = []
+            for p in probes:
+                vals = [r["sharpness_to_top_eigenvalue"] for r in sr if r["probe"] == p]
+                vals = [v for v in vals if v is not None]
+                ratios.append(mean(vals) if vals else None)
+            converged = f"{sum(r['lanczos_converged'] for r in points)}/{len(points)}"
+            body.append([step, mean([r["top_eigenvalue"] for r in points]), converged,
+                         mean([r["rank_corr_all"] for r in points]), mean([r["rank_corr_topk"] for r in points]),
+                         *ratios])
+        header = ["step", "lambda_max", "converged", "rank corr", "rank corr top-k", *probes]
+        out += [_heading(key), "", markdown_table(header, body), ""]
+        out += _image(fig.figure_stem("curvature", *key), figures)
+    return out
+
+
+def render_report(tables: Mapping[str, pa.Table], figures: Mapping[str, Path]) -> str:
+    """The report's markdown text; no date in it, so the same sweep gives the same report."""
+    rows = {name: data.to_pylist() for name, data in tables.items()}
+    sweeps = sorted({r["sweep"] for data in rows.values() for r in data})
+    trials = {r["trial_id"]: r["experiment"] for data in rows.values() for r in data if "trial_id" in r}
+    by_experiment = ", ".join(f"{e}: {n}" for e, n in sorted(_count(trials.values()).items()))
+    workloads = sorted({r["workload"] for data in rows.values() for r in data})
+    out = [f"# Sweep {', '.join(sweeps) or '-'}", "",
+           f"{len(trials)} trials ({by_experiment or 'none with rows'}); workloads: {', '.join(workloads) or '-'}.",
+           "Reproduction of Pan & Li, \"Toward Understanding Why Adam Converges Faster Than SGD for "
+           "Transformers\" (arXiv 2306.00204). Re-create with `python -m pipeline aggregate <this directory>`.", "",
+           "## Tables", ""]
+    out += [f"- `tables/{name}.parquet` ({tables[name].num_rows} rows): {note}"
+            for name, note in TABLE_NOTES.items() if name in tables]
+    out.append("")
+    if rows.get("table1_sharpness_ratio"):
+        out += _sharpness_section(rows["table1_sharpness_ratio"], figures)
+    if rows.get("table3_convergence"):
+        out += _convergence_section(rows["table3_convergence"], figures)
+    if rows.get("table8_smoothness"):
+        out += _smoothness_section(rows["table8_smoothness"], figures)
+    if rows.get("curvature"):
+        out += _curvature_section(rows["curvature"], figures)
+    linked = "\n".join(out)
+    rest = [stem for stem in figures if f"figures/{stem}.png" not in linked]
+    if rest:
+        out += ["## Other figures", ""] + [line for stem in rest for line in _image(stem, figures)]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _count(values: Sequence[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return counts
+
+
+def write_report(sweep_dir: str | Path, tables: Mapping[str, pa.Table]) -> dict[str, Path]:
+    """Render the figures into <sweep_dir>/figures/ and write <sweep_dir>/report.md (atomically).
+
+    Returns "report" and "figure:<stem>" -> path. PNGs in figures/ that this run did not render
+    (stale, from an earlier aggregation) are removed so the report never links old data.
+    """
+    sweep_dir = Path(sweep_dir)
+    figure_dir = sweep_dir / "figures"
+    figures = fig.render_figures(tables, figure_dir)
+    if figure_dir.is_dir():
+        for png in figure_dir.glob("*.png"):
+            if png.stem not in figures:
+                png.unlink()
+    report = sweep_dir / "report.md"
+    atomic_write_bytes(report, render_report(tables, figures).encode())
+    return {"report": report, **{f"figure:{stem}": path for stem, path in figures.items()}}

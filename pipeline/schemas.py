@@ -1,0 +1,143 @@
+"""The pyarrow schema of every table, defined once: per-trial records and the aggregate stage's tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+STR, F64, I64, BOOL = pa.string(), pa.float64(), pa.int64(), pa.bool_()
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table's name, schema and the key columns that fix its row order (determinism)."""
+
+    name: str
+    schema: pa.Schema
+    sort_keys: tuple[str, ...]
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema.names)
+
+
+def _fields(*specs: tuple) -> list[pa.Field]:
+    # (name, type) or (name, type, True) for a nullable column; everything else is required.
+    return [pa.field(s[0], s[1], nullable=len(s) > 2 and s[2]) for s in specs]
+
+
+# On every trial row (docs/architecture.md "Tables"); lr is null for Adafactor's relative step.
+IDENTIFYING = _fields(
+    ("trial_id", STR), ("sweep", STR), ("experiment", STR), ("workload", STR), ("algorithm", STR),
+    ("clip_fraction", F64), ("clip_target", STR), ("lr", F64, True), ("seed", I64),
+)
+IDENTIFYING_COLUMNS: tuple[str, ...] = tuple(f.name for f in IDENTIFYING)
+_TRIAL_KEYS = ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "seed", "trial_id")
+
+# The experiment's own columns, exactly as the experiments emit them.
+_EXPERIMENT_COLUMNS: dict[str, list[pa.Field]] = {
+    "sharpness": _fields(
+        ("step", I64), ("probe", STR), ("probe_algorithm", STR), ("probe_clip_fraction", F64),
+        ("probe_clip_target", STR), ("sharpness", F64), ("sharpness_raw", F64), ("robust", BOOL),
+        # null when the sweep has no plain "sgd" probe to divide by
+        ("ratio_to_sgd", F64, True), ("grad_correlation", F64), ("update_norm", F64),
+    ),
+    "landscape": _fields(("step", I64), ("probe", STR), ("offset", F64), ("loss", F64), ("loss_change", F64)),
+    "histogram": _fields(("step", I64), ("probe", STR), ("bin_lo", F64), ("bin_hi", F64), ("count", I64)),
+    "convergence": _fields(("step", I64), ("train_loss", F64), ("test_loss", F64, True)),
+    "curvature": _fields(
+        ("step", I64), ("top_eigenvalue", F64), ("lanczos_iters", I64), ("lanczos_tol", F64),
+        ("lanczos_converged", BOOL), ("hutchinson_samples", I64), ("rank_corr_all", F64),
+        ("rank_corr_topk", F64), ("topk_fraction", F64),
+    ),
+    "smoothness": _fields(
+        ("step", I64), ("L", F64), ("ell", F64), ("ratio", F64), ("fraction_removed", F64),
+        ("outlier_factor", F64), ("n_samples", I64),
+    ),
+}
+_EXPERIMENT_KEYS = {
+    "sharpness": ("step", "probe"),
+    "landscape": ("step", "probe", "offset"),
+    "histogram": ("step", "probe", "bin_lo"),
+    "convergence": ("step",),
+    "curvature": ("step",),
+    "smoothness": ("step",),
+}
+
+TRIAL_TABLES: dict[str, TableSpec] = {
+    name: TableSpec(name, pa.schema(IDENTIFYING + cols), _TRIAL_KEYS + _EXPERIMENT_KEYS[name])
+    for name, cols in _EXPERIMENT_COLUMNS.items()
+}
+
+# --- the aggregate stage's tables (<sweep_dir>/tables/<name>.parquet) ---------------------------
+
+# Curvature beside directional sharpness: each curvature row joined with the sharpness rows of the
+# same trial and step (one row per probe; probe null when that trial measured no sharpness).
+CURVATURE_JOINED = TableSpec(
+    "curvature",
+    pa.schema(
+        list(TRIAL_TABLES["curvature"].schema)
+        + _fields(("probe", STR, True), ("directional_sharpness", F64, True),
+                  ("sharpness_to_top_eigenvalue", F64, True))
+    ),
+    _TRIAL_KEYS + ("step", "probe"),
+)
+
+_GROUP = _fields(("sweep", STR), ("workload", STR), ("algorithm", STR), ("clip_fraction", F64), ("clip_target", STR))
+
+CONVERGENCE_SUMMARY = TableSpec(
+    "convergence_summary",
+    pa.schema(_GROUP + _fields(
+        ("best_lr", F64, True),               # null: Adafactor's relative step won
+        ("n_lrs", I64), ("n_seeds", I64), ("final_window", I64), ("last_step", I64),
+        ("final_loss_mean", F64), ("final_loss_std", F64, True),   # std null with one seed
+        ("final_test_loss_mean", F64, True),
+        ("target_loss", F64, True),           # the unclipped baseline's final_loss_mean
+        ("steps_to_target", I64, True), ("baseline_steps_to_target", I64, True),
+        ("speedup", F64, True), ("loss_ratio", F64, True),
+    )),
+    ("workload", "algorithm", "clip_fraction", "clip_target"),
+)
+
+TABLE1_SHARPNESS_RATIO = TableSpec(
+    "table1_sharpness_ratio",
+    pa.schema(_fields(
+        ("sweep", STR), ("workload", STR), ("trajectory", STR), ("algorithm", STR), ("clip_fraction", F64),
+        ("clip_target", STR), ("lr", F64, True), ("step", I64), ("probe", STR), ("seed", I64),
+        ("ratio_to_sgd", F64, True), ("ratio_mean", F64, True), ("n_seeds", I64),
+    )),
+    ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "step", "probe", "seed"),
+)
+
+TABLE3_CONVERGENCE = TableSpec(
+    "table3_convergence",
+    pa.schema(_fields(
+        ("sweep", STR), ("workload", STR), ("algorithm", STR),
+        ("lr", F64, True), ("final_loss_mean", F64, True), ("final_loss_std", F64, True),
+        ("clip_fraction", F64, True), ("clip_target", STR, True), ("clip_lr", F64, True),
+        ("clip_final_loss_mean", F64, True), ("clip_final_loss_std", F64, True),
+        ("steps_to_target", I64, True), ("clip_steps_to_target", I64, True),
+        ("speedup", F64, True), ("loss_ratio", F64, True),
+    )),
+    ("workload", "algorithm", "clip_fraction", "clip_target"),
+)
+
+TABLE8_SMOOTHNESS = TableSpec(
+    "table8_smoothness",
+    pa.schema(_fields(
+        ("sweep", STR), ("workload", STR), ("trajectory", STR), ("algorithm", STR), ("clip_fraction", F64),
+        ("clip_target", STR), ("lr", F64, True), ("outlier_factor", F64), ("step", I64), ("n_seeds", I64),
+        ("L", F64), ("ell", F64), ("ratio", F64), ("fraction_removed", F64),
+    )),
+    ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "outlier_factor", "step"),
+)
+
+OUTPUT_TABLES: dict[str, TableSpec] = {
+    **{name: spec for name, spec in TRIAL_TABLES.items() if name != "curvature"},
+    "curvature": CURVATURE_JOINED,
+    "convergence_summary": CONVERGENCE_SUMMARY,
+    "table1_sharpness_ratio": TABLE1_SHARPNESS_RATIO,
+    "table3_convergence": TABLE3_CONVERGENCE,
+    "table8_smoothness": TABLE8_SMOOTHNESS,
+}

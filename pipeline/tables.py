@@ -1,0 +1,250 @@
+"""Derived tables of the aggregate stage: convergence summary, paper Tables 1/3/8, curvature beside sharpness.
+
+Every function takes tidy rows (dicts, as ``pa.Table.to_pylist`` gives them) and returns rows of
+one table in pipeline/schemas.py; means use math.fsum, so results do not depend on row order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+
+Row = Mapping[str, object]
+
+# Final loss of a run = mean train loss over its last FINAL_WINDOW logged steps: one minibatch
+# loss is too noisy to rank learning rates by (paper Table 3 reports the loss at the end of training).
+FINAL_WINDOW = 5
+# The unclipped run reaches its own final loss at its last step in exact arithmetic; allow for
+# the rounding between "mean over seeds of window means" and "window mean of the mean curve".
+_REACH_RTOL = 1e-9
+
+
+def trajectory_label(algorithm: str, clip_fraction: float, clip_target: str) -> str:
+    """Training optimizer label in the probe-label style: sgd, sgd_clip0.1, adam_clipupdate0.5."""
+    if clip_fraction == 0:
+        return algorithm
+    kind = "clip" if clip_target == "grad" else f"clip{clip_target}"
+    return f"{algorithm}_{kind}{clip_fraction:g}"
+
+
+def _lr_key(lr: float | None) -> tuple[bool, float]:
+    # A fixed learning rate sorts before Adafactor's relative step (lr None).
+    return (lr is None, 0.0 if lr is None else lr)
+
+
+def mean(values: Sequence[float]) -> float:
+    """Arithmetic mean; exact-rounded when finite, NaN/inf propagate (a diverged seed shows)."""
+    values = [float(v) for v in values]
+    # math.fsum raises on inf + -inf; plain sum gives the NaN that the table should show.
+    total = math.fsum(values) if all(math.isfinite(v) for v in values) else sum(values)
+    return total / len(values)
+
+
+def sample_std(values: Sequence[float]) -> float | None:
+    """Standard deviation over seeds with Bessel's correction (ddof=1); None for one seed."""
+    if len(values) < 2:
+        return None
+    m = mean(values)
+    return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def group_rows(rows: Iterable[Row], keys: Sequence[str]) -> dict[tuple, list[Row]]:
+    groups: dict[tuple, list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[k] for k in keys)].append(row)
+    return groups
+
+
+# --- convergence -----------------------------------------------------------------------------
+
+_RUN_KEYS = ("sweep", "workload", "algorithm", "clip_fraction", "clip_target")
+
+
+def _final(losses: Sequence[float], window: int) -> float:
+    return mean(losses[-window:])
+
+
+def _mean_curve(runs: Sequence[Sequence[Row]]) -> list[tuple[int, float]]:
+    """Mean train loss over seeds at the steps that every seed logged."""
+    common = set.intersection(*({int(r["step"]) for r in run} for run in runs))
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for run in runs:
+        for r in run:
+            if r["step"] in common:
+                by_step[int(r["step"])].append(float(r["train_loss"]))
+    return [(step, mean(by_step[step])) for step in sorted(by_step)]
+
+
+def steps_to_reach(curve: Sequence[tuple[int, float]], target: float, window: int) -> int | None:
+    """First logged step at which the trailing mean of the last ``window`` points is <= target."""
+    losses = [loss for _, loss in curve]
+    for i, (step, _) in enumerate(curve):
+        smoothed = mean(losses[max(0, i - window + 1) : i + 1])
+        if smoothed <= target + _REACH_RTOL * abs(target):
+            return step
+    return None
+
+
+def _lr_result(runs: Sequence[Sequence[Row]], window: int) -> dict[str, object]:
+    finals = [_final([float(r["train_loss"]) for r in run], window) for run in runs]
+    tests = [next((float(r["test_loss"]) for r in reversed(run) if r["test_loss"] is not None), None) for run in runs]
+    tests = [t for t in tests if t is not None]
+    return {
+        "final_loss_mean": mean(finals),
+        "final_loss_std": sample_std(finals),
+        "final_test_loss_mean": mean(tests) if tests else None,
+        "n_seeds": len(runs),
+        "last_step": max(int(run[-1]["step"]) for run in runs),
+        "curve": _mean_curve(runs),
+    }
+
+
+def convergence_summary(rows: Iterable[Row], *, final_window: int = FINAL_WINDOW) -> list[dict[str, object]]:
+    """Per workload x algorithm x clip setting: best lr, final loss over seeds, speed-up from clipping.
+
+    best lr: the lr with the lowest mean over seeds of the final train loss (NaN counts as +inf;
+    ties go to the smaller lr). speedup (clipped rows only): steps the unclipped run of the same
+    algorithm (at its best lr) needs to reach its own final loss, divided by the steps the clipped
+    run (at its best lr) needs to reach that same loss; both read off the seed-mean loss curve
+    smoothed with the same trailing window. > 1 means clipping converges faster; null when the
+    clipped run never gets there. loss_ratio = clipped final loss / unclipped final loss.
+    """
+    if final_window < 1:
+        raise ValueError(f"final_window: must be >= 1, got {final_window}")
+    best: dict[tuple, dict[str, object]] = {}
+    for key, group in sorted(group_rows(rows, _RUN_KEYS).items()):
+        by_lr = group_rows(group, ("lr",))
+        results = {}
+        for (lr,), lr_rows in by_lr.items():
+            runs = [sorted(run, key=lambda r: r["step"]) for run in group_rows(lr_rows, ("trial_id",)).values()]
+            results[lr] = _lr_result(runs, final_window)
+        ranked = sorted(results, key=lambda lr: (_nan_last(results[lr]["final_loss_mean"]), _lr_key(lr)))
+        best[key] = {"best_lr": ranked[0], "n_lrs": len(results), **results[ranked[0]]}
+    out = []
+    for key, res in best.items():
+        sweep, workload, algorithm, clip_fraction, clip_target = key
+        row = {
+            "sweep": sweep, "workload": workload, "algorithm": algorithm,
+            "clip_fraction": clip_fraction, "clip_target": clip_target, "best_lr": res["best_lr"],
+            "n_lrs": res["n_lrs"], "n_seeds": res["n_seeds"], "final_window": final_window,
+            "last_step": res["last_step"], "final_loss_mean": res["final_loss_mean"],
+            "final_loss_std": res["final_loss_std"], "final_test_loss_mean": res["final_test_loss_mean"],
+            "target_loss": None, "steps_to_target": None, "baseline_steps_to_target": None,
+            "speedup": None, "loss_ratio": None,
+        }
+        base = _baseline(best, key) if clip_fraction != 0 else None
+        if base is not None:
+            target = float(base["final_loss_mean"])
+            clipped_steps = steps_to_reach(res["curve"], target, final_window)
+            base_steps = steps_to_reach(base["curve"], target, final_window)
+            row["target_loss"] = target
+            row["steps_to_target"] = clipped_steps
+            row["baseline_steps_to_target"] = base_steps
+            if clipped_steps and base_steps is not None:
+                row["speedup"] = base_steps / clipped_steps
+            row["loss_ratio"] = float(res["final_loss_mean"]) / target if target != 0 else None
+        out.append(row)
+    return out
+
+
+def _nan_last(x: object) -> float:
+    return math.inf if x is None or math.isnan(float(x)) else float(x)
+
+
+def _baseline(best: Mapping[tuple, Mapping[str, object]], key: tuple) -> Mapping | None:
+    # The unclipped run of the same algorithm; with fraction 0 the clip target is moot, prefer "grad".
+    sweep, workload, algorithm = key[:3]
+    for target in ("grad", "update"):
+        if (sweep, workload, algorithm, 0.0, target) in best:
+            return best[(sweep, workload, algorithm, 0.0, target)]
+    return None
+
+
+def table3_convergence(summary: Sequence[Row]) -> list[dict[str, object]]:
+    """Paper Table 3: per workload and algorithm, the unclipped and clipped runs side by side."""
+    out = []
+    for (sweep, workload, algorithm), group in sorted(group_rows(summary, ("sweep", "workload", "algorithm")).items()):
+        plain = [r for r in group if r["clip_fraction"] == 0]
+        plain.sort(key=lambda r: r["clip_target"] != "grad")
+        base = plain[0] if plain else None
+        clipped = [r for r in group if r["clip_fraction"] != 0] or [None]
+        for clip in clipped:
+            out.append({
+                "sweep": sweep, "workload": workload, "algorithm": algorithm,
+                "lr": base["best_lr"] if base else None,
+                "final_loss_mean": base["final_loss_mean"] if base else None,
+                "final_loss_std": base["final_loss_std"] if base else None,
+                "clip_fraction": clip["clip_fraction"] if clip else None,
+                "clip_target": clip["clip_target"] if clip else None,
+                "clip_lr": clip["best_lr"] if clip else None,
+                "clip_final_loss_mean": clip["final_loss_mean"] if clip else None,
+                "clip_final_loss_std": clip["final_loss_std"] if clip else None,
+                "steps_to_target": clip["baseline_steps_to_target"] if clip else None,
+                "clip_steps_to_target": clip["steps_to_target"] if clip else None,
+                "speedup": clip["speedup"] if clip else None,
+                "loss_ratio": clip["loss_ratio"] if clip else None,
+            })
+    return out
+
+
+# --- sharpness, smoothness, curvature --------------------------------------------------------
+
+_TRAJ_KEYS = ("sweep", "workload", "algorithm", "clip_fraction", "clip_target", "lr")
+
+
+def table1_sharpness_ratio(rows: Iterable[Row]) -> list[dict[str, object]]:
+    """Paper Tables 1, 4-7: per trajectory, step and probe, each seed's ratio to SGD and their mean.
+
+    ratio_mean averages the seeds whose ratio is not null; n_seeds counts those seeds.
+    """
+    out = []
+    for key, group in group_rows(rows, _TRAJ_KEYS + ("step", "probe")).items():
+        ratios = [float(r["ratio_to_sgd"]) for r in group if r["ratio_to_sgd"] is not None]
+        ratio_mean = mean(ratios) if ratios else None
+        for r in group:
+            out.append({
+                **{k: r[k] for k in _TRAJ_KEYS + ("step", "probe", "seed", "ratio_to_sgd")},
+                "trajectory": trajectory_label(r["algorithm"], r["clip_fraction"], r["clip_target"]),
+                "ratio_mean": ratio_mean, "n_seeds": len(ratios),
+            })
+    return out
+
+
+def table8_smoothness(rows: Iterable[Row]) -> list[dict[str, object]]:
+    """Paper Table 8: per trajectory and measurement point, L, ell, L/ell and eps, mean over seeds.
+
+    ``ratio`` is the mean of each seed's L/ell (not the ratio of the means).
+    """
+    out = []
+    for key, group in group_rows(rows, _TRAJ_KEYS + ("outlier_factor", "step")).items():
+        first = group[0]
+        out.append({
+            **{k: first[k] for k in _TRAJ_KEYS + ("outlier_factor", "step")},
+            "trajectory": trajectory_label(first["algorithm"], first["clip_fraction"], first["clip_target"]),
+            "n_seeds": len(group),
+            **{col: mean([float(r[col]) for r in group]) for col in ("L", "ell", "ratio", "fraction_removed")},
+        })
+    return out
+
+
+def curvature_with_sharpness(curvature: Iterable[Row], sharpness: Iterable[Row]) -> list[dict[str, object]]:
+    """Each curvature row beside the raw directional sharpness of every probe at the same trial and step.
+
+    The raw value (not the robust one) is measured at the same weights as the top eigenvalue, so
+    sharpness_to_top_eigenvalue <= 1 up to the Lanczos tolerance (v^T H v / ||v||^2 <= lambda_max).
+    """
+    by_point = group_rows(sharpness, ("trial_id", "step"))
+    out = []
+    for row in curvature:
+        matches = sorted(by_point.get((row["trial_id"], row["step"]), []), key=lambda r: r["probe"])
+        top = float(row["top_eigenvalue"])
+        for s in matches or [None]:
+            raw = None if s is None else float(s["sharpness_raw"])
+            out.append({
+                **row,
+                "probe": None if s is None else s["probe"],
+                "directional_sharpness": raw,
+                "sharpness_to_top_eigenvalue": raw / top if raw is not None and top != 0 else None,
+            })
+    return out

@@ -1,0 +1,219 @@
+"""MLflow tracking: the store and the sweep's parent run (driver), one child run per trial (workers)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+T = TypeVar("T")
+
+# MlflowClient.log_batch accepts at most 1000 metrics and 100 params + tags per call.
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+# Buffered metrics go out when this many are waiting or this many seconds have passed: each
+# log_batch on SQLite costs ~40 ms plus ~0.5 ms per metric (per-call log_metric: ~20 ms).
+FLUSH_METRICS = 1000
+FLUSH_SECONDS = 10.0
+# A metric reported every step is logged at most ~this many times per trial (every `stride`-th
+# step, and always its last value): the UI's curves need no more, the Parquet records keep every
+# row, and logging cost stays a small fraction of trial time on SQLite (~0.5 ms per metric).
+MAX_POINTS_PER_METRIC = 200
+# Several trial processes write one SQLite file. MLflow sets SQLite's busy timeout to 20 s; a
+# writer that waits longer gets "database is locked" (seen with a lock held 23 s): we retry the
+# call up to LOCK_RETRIES times with back-off, each attempt again waiting up to 20 s.
+LOCK_RETRIES = 8
+_LOCKED = re.compile(r"database is locked|database table is locked|database is busy", re.IGNORECASE)
+_METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or written: one line naming `tracking_uri`."""
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where trials log: everything a worker process needs, created by the driver."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+def resolve_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
+    """None -> MLflow's own default `sqlite:///mlflow.db`; relative SQLite/file paths made absolute,
+    because trials run in other working directories (Ray moves them into their trial dirs)."""
+    cwd = Path.cwd() if cwd is None else cwd
+    uri = uri or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        return uri if path in ("", ":memory:") or path.startswith("/") else f"sqlite:///{cwd / path}"
+    if "://" not in uri and not uri.startswith(("databricks", "file:")):
+        return str((cwd / uri).expanduser().absolute())
+    return uri
+
+
+def browse_hint(uri: str) -> str:
+    """The command (or address) that shows the runs of this store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def retry_locked(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run an MLflow call, retrying while another process holds the SQLite write lock."""
+    for attempt in range(LOCK_RETRIES + 1):
+        try:
+            return call(*args, **kwargs)
+        except Exception as err:  # MlflowException or sqlalchemy's OperationalError, by message
+            if attempt == LOCK_RETRIES or not _LOCKED.search(str(err)):
+                raise
+            time.sleep(min(0.05 * 2**attempt, 5.0))
+    raise AssertionError("unreachable")
+
+
+@functools.lru_cache(maxsize=4)
+def client(uri: str) -> MlflowClient:
+    """One client per process and store: the first one on a SQLite file builds the schema."""
+    for name in ("alembic", "mlflow.store.db.utils"):  # schema-migration chatter at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=uri)
+
+
+def start_sweep(uri: str, name: str, *, tags: Mapping[str, str], description: str | None = None) -> TrackingTarget:
+    """Driver side, before any trial: create the store (SQLite schema creation races between
+    trial processes: "duplicate column name: step"), the experiment and the sweep's parent run."""
+    try:
+        mlflow = retry_locked(client, uri)
+        experiment = retry_locked(mlflow.get_experiment_by_name, name)
+        if experiment is None:
+            experiment_id = retry_locked(mlflow.create_experiment, name)
+        else:
+            experiment_id = experiment.experiment_id
+            if experiment.lifecycle_stage == "deleted":  # deleted in the UI: its name is still taken
+                retry_locked(mlflow.restore_experiment, experiment_id)
+        run_tags = {MLFLOW_RUN_NAME: name, "sweep": name, **tags}
+        if description:
+            run_tags["mlflow.note.content"] = description
+        run = retry_locked(mlflow.create_run, experiment_id, run_name=name, tags=run_tags)
+    except Exception as err:
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise TrackingError(f"tracking_uri: cannot use {uri}: {first}") from err
+    return TrackingTarget(uri, experiment_id, run.info.run_id)
+
+
+def end_run(uri: str, run_id: str, status: str) -> None:
+    retry_locked(client(uri).set_terminated, run_id, status)
+
+
+def trial_tags(trial: Mapping[str, Any], trajectory: str) -> dict[str, str]:
+    workload = trial["workload"]
+    tags = {
+        "workload": workload["name"] if isinstance(workload, Mapping) else workload,
+        "trajectory": trajectory,
+        **{k: trial[k] for k in ("sweep", "trial_id", "experiment", "algorithm", "clip_fraction", "clip_target", "lr", "seed")},
+    }
+    return {k: "relative_step" if v is None and k == "lr" else str(v) for k, v in tags.items()}
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dict -> {"a.b": "value"}; lists stay whole ("[0, 10, 20]")."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+class MetricStride:
+    """Decides which reported values to log: a key's value goes out when `stride` steps have
+    passed since that key was last logged, so sparse metrics (measurement points) always do."""
+
+    def __init__(self, steps: int, max_points: int = MAX_POINTS_PER_METRIC) -> None:
+        self.stride = max(1, math.ceil(steps / max_points))
+        self._last: dict[str, int] = {}
+        self._held: dict[str, tuple[int, float]] = {}
+
+    def select(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
+        chosen = {}
+        for key, value in metrics.items():
+            if key in self._last and step - self._last[key] < self.stride:
+                self._held[key] = (step, value)  # logged at the end if nothing later replaces it
+                continue
+            self._last[key] = step
+            self._held.pop(key, None)
+            chosen[key] = value
+        return chosen
+
+    def leftovers(self) -> dict[str, tuple[int, float]]:
+        """The last value of each key that was held back, so that every curve ends where it ended."""
+        held, self._held = self._held, {}
+        return held
+
+
+class TrialRun:
+    """One trial's child run: tags and params at creation, step metrics in batches, artifacts.
+
+    `seconds` adds up the wall time spent in MLflow calls (benchmarks/bench_sweep.py reports it
+    as a fraction of trial time).
+    """
+
+    def __init__(self, target: TrackingTarget, trial: Mapping[str, Any], *, trajectory: str) -> None:
+        self.seconds = 0.0
+        self.metrics_logged = 0
+        self._pending: list[Metric] = []
+        self._last_flush = time.monotonic()
+        self._stride = MetricStride(int(trial.get("steps") or 1))
+        self._client = self._timed(client, target.uri)
+        tags = {MLFLOW_PARENT_RUN_ID: target.parent_run_id, MLFLOW_RUN_NAME: trial["trial_id"], **trial_tags(trial, trajectory)}
+        run = self._timed(self._client.create_run, target.experiment_id, run_name=trial["trial_id"], tags=tags)
+        self.run_id = run.info.run_id
+        params = [Param(k, v[:6000]) for k, v in flatten(trial).items()]  # MLflow caps values at 6000
+        for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
+            self._timed(self._client.log_batch, self.run_id, params=params[start : start + MAX_PARAMS_PER_BATCH])
+
+    def _timed(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        start = time.perf_counter()
+        try:
+            return retry_locked(call, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Buffer one step's metrics; flushed in batches (every FLUSH_METRICS or FLUSH_SECONDS)."""
+        now = int(time.time() * 1000)
+        for key, value in self._stride.select(step, metrics).items():
+            self._pending.append(Metric(_METRIC_KEY.sub("_", key), float(value), now, int(step)))
+        if len(self._pending) >= FLUSH_METRICS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        now = int(time.time() * 1000)
+        for key, (step, value) in self._stride.leftovers().items():
+            self._pending.append(Metric(_METRIC_KEY.sub("_", key), float(value), now, int(step)))
+        for start in range(0, len(self._pending), MAX_METRICS_PER_BATCH):
+            self._timed(self._client.log_batch, self.run_id, metrics=self._pending[start : start + MAX_METRICS_PER_BATCH])
+        self.metrics_logged += len(self._pending)
+        self._pending = []
+        self._last_flush = time.monotonic()
+
+    def log_artifacts(self, paths: Iterable[Path], artifact_path: str) -> None:
+        for path in paths:
+            self._timed(self._client.log_artifact, self.run_id, os.fspath(path), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.flush()
+        self._timed(self._client.set_terminated, self.run_id, status)

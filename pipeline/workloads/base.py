@@ -1,0 +1,295 @@
+"""The Workload interface (model + data + loss), the registry by name and spec validation."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+SIZES = ("tiny", "small", "paper")
+SOURCES = ("local", "hub")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Keys every workload spec may carry; a workload adds its own (seq_len, vocab_size, corpus ...).
+COMMON_KEYS = (
+    "name", "size", "batch_size", "test_batch_size", "source", "data_dir", "dtype",
+    "pretrained", "max_train_examples", "max_test_examples", "model",
+)
+CAPS = ("max_train_examples", "max_test_examples")  # data caps; None = all the data
+# pipeline.data trains local tokenizers of 512 to 65,536 entries (its get_tokenizer's range).
+VOCAB_RANGE = (512, 65_536)
+IGNORE_INDEX = -100  # the label of positions that never enter the loss (padding)
+
+Batch = dict[str, torch.Tensor]
+T = TypeVar("T")
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Workload:
+    """A model, its data and its loss behind one interface (AlgoPerf's `spec.Workload`, trimmed).
+
+    Batches are dicts of the model's keyword inputs plus "labels", on the workload's device.
+    `loss` runs the module in whatever mode it is in: callers that need a deterministic loss
+    (the sharpness measurements: DESIGN.md section 1, "model in eval mode") call `model.eval()`
+    first, which disables dropout and makes BatchNorm use its running statistics.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        is_transformer: bool,
+        model: torch.nn.Module,
+        train_examples: Mapping[str, torch.Tensor],
+        test_examples: Mapping[str, torch.Tensor],
+        collate: Callable[[Batch], Batch],
+        criterion: Criterion,
+        target_count: Callable[[torch.Tensor], int],
+        batch_size: int,
+        test_batch_size: int,
+        seed: int,
+        device: torch.device,
+    ) -> None:
+        self.name = name
+        self.is_transformer = is_transformer
+        self.model = model
+        self.device = device
+        self.batch_size = batch_size
+        self._train = dict(train_examples)
+        self._collate = collate
+        self._criterion = criterion
+        self._target_count = target_count
+        self._train_seed = derived_seed(seed, "train-order")
+        n_train = _example_count(self._train)
+        n_test = _example_count(test_examples)
+        if batch_size > n_train:
+            raise ValueError(
+                f"workload.batch_size: {batch_size} exceeds the {n_train} training examples"
+            )
+        if test_batch_size > n_test:
+            raise ValueError(
+                f"workload.test_batch_size: {test_batch_size} exceeds the {n_test} test examples"
+            )
+        # The fixed test batch: drawn once, from its own stream of the seed (DESIGN.md section 1).
+        gen = torch.Generator().manual_seed(derived_seed(seed, "test-batch"))
+        pick = torch.randperm(n_test, generator=gen)[:test_batch_size]
+        self.test_batch: Batch = self._to_batch(test_examples, pick)
+
+    def train_batches(self) -> Iterator[Batch]:
+        """Endless minibatches: a fresh seeded permutation per epoch, the partial batch dropped.
+
+        Every call starts the same stream, so two calls with the same seed yield the same batches.
+        """
+        gen = torch.Generator().manual_seed(self._train_seed)
+        n = _example_count(self._train)
+        while True:
+            order = torch.randperm(n, generator=gen)
+            for start in range(0, n - self.batch_size + 1, self.batch_size):
+                yield self._to_batch(self._train, order[start : start + self.batch_size])
+
+    def loss(self, batch: Mapping[str, torch.Tensor],
+             params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Mean loss over the batch's real (non-padding) targets.
+
+        `params=None` uses the module's own weights; otherwise the given tensors replace them by
+        name (torch.func.functional_call; names missing from `params` keep the module's tensors,
+        tied weights follow their partner).
+        """
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        if params is None:
+            outputs = self.model(**inputs)
+        else:
+            outputs = functional_call(self.model, dict(params), args=(), kwargs=inputs)
+        return self._criterion(outputs.logits, batch["labels"])
+
+    def loss_fn(self, batch: Mapping[str, torch.Tensor]
+                ) -> Callable[[Mapping[str, torch.Tensor]], torch.Tensor]:
+        """The functional loss `params -> scalar` on a fixed batch, as pipeline.measure expects."""
+        return lambda params: self.loss(batch, params)
+
+    def target_count(self, batch: Mapping[str, torch.Tensor]) -> int:
+        """How many targets `loss` averages over (tokens that are not padding, or examples)."""
+        return int(self._target_count(batch["labels"]))
+
+    def _to_batch(self, examples: Mapping[str, torch.Tensor], index: torch.Tensor) -> Batch:
+        batch = self._collate({k: v[index] for k, v in examples.items()})
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+
+def _example_count(examples: Mapping[str, torch.Tensor]) -> int:
+    return int(next(iter(examples.values())).shape[0])
+
+
+def derived_seed(seed: int, stream: str) -> int:
+    """An independent, process-stable seed per named random stream (Python's hash() is salted)."""
+    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, stream: str) -> Iterator[None]:
+    """Seed torch's global RNG inside the block and restore it after: HF models initialise their
+    weights from the global RNG and take no generator."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_seed(seed, stream))
+        yield
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, shift: bool) -> torch.Tensor:
+    """Cross-entropy averaged over the targets that are not IGNORE_INDEX, in the logits' dtype.
+
+    Computed here rather than by the HF model, whose loss upcasts logits with `.float()` and so
+    breaks float64 references (DATA.md). `shift=True` predicts token t+1 from position t.
+    """
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]  # (B, T-1, V), (B, T-1)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+
+
+def count_targets(labels: torch.Tensor, *, shift: bool) -> int:
+    if shift:
+        labels = labels[:, 1:]
+    return int((labels != IGNORE_INDEX).sum())
+
+
+def trim_padding(batch: Batch, groups: Mapping[str, tuple[str, ...]]) -> Batch:
+    """Drop the trailing columns that are padding in every row (mask key -> keys it governs).
+
+    Padding never changes the loss (it is masked and labelled IGNORE_INDEX); trimming it only
+    saves compute when a batch's sequences are all shorter than the stored width.
+    """
+    batch = dict(batch)
+    for mask_key, keys in groups.items():
+        width = max(int(batch[mask_key].sum(dim=1).max()), 1)
+        for key in (mask_key, *keys):
+            batch[key] = batch[key][:, :width]
+    return batch
+
+
+@dataclass(frozen=True)
+class WorkloadDefinition:
+    """What build_workload needs to validate a spec for one workload and build it."""
+
+    build: Callable[..., Workload]
+    presets: Mapping[str, Mapping[str, Any]]  # size -> defaults of the per-size keys
+    extra_keys: tuple[str, ...] = ()
+    config_class: type | None = None  # the HF config class that `model:` overrides must fit
+    fixed_fields: tuple[str, ...] = ()  # config fields the data decides: `model:` may not set them
+    pretrained_sources: tuple[str, ...] = ()  # sources on which `pretrained: true` is allowed
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # key -> allowed values
+
+
+_DEFINITIONS: dict[str, WorkloadDefinition] = {}
+WORKLOADS: dict[str, Callable[..., Workload]] = {}
+
+
+def register(name: str, definition: WorkloadDefinition) -> None:
+    """Add a workload to the registry; `WORKLOADS[name](spec, seed=, device=)` builds it."""
+    _DEFINITIONS[name] = definition
+
+    def build(spec: Mapping[str, Any], *, seed: int,
+              device: str | torch.device = "cpu") -> Workload:
+        return build_workload({"name": name, **spec}, seed=seed, device=device)
+
+    WORKLOADS[name] = build
+
+
+def build_workload(spec: Mapping[str, Any], *, seed: int, device: str | torch.device) -> Workload:
+    """Validate the spec (before any data or model work) and build the named workload."""
+    full = validate_workload_spec(spec)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed: expected an integer, got {seed!r}")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: not a torch device: {device!r}") from None
+    return _DEFINITIONS[full["name"]].build(full, seed=seed, device=device)
+
+
+def validate_workload_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a workload spec and return it with the size preset's defaults filled in.
+
+    A key given as None takes its default, except the `max_*_examples` caps, where None means
+    "all the data". Raises a one-line ValueError naming the offending key and allowed values.
+    """
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"workload: expected a mapping, got {type(spec).__name__}")
+    name = spec.get("name")
+    if name not in _DEFINITIONS:
+        raise ValueError(f"workload.name: unknown workload {name!r}; "
+                         f"allowed: {', '.join(sorted(_DEFINITIONS))}")
+    definition = _DEFINITIONS[name]
+    allowed = COMMON_KEYS + definition.extra_keys
+    unknown = sorted(set(spec) - set(allowed))
+    if unknown:
+        raise ValueError(f"workload: unknown key(s) {', '.join(map(repr, unknown))} for "
+                         f"{name!r}; allowed: {', '.join(allowed)}")
+    choices = {"size": SIZES, "source": SOURCES, "dtype": tuple(DTYPES), **definition.choices}
+    for key, values in choices.items():
+        if spec.get(key) is not None and spec[key] not in values:
+            raise ValueError(f"workload.{key}: {spec[key]!r} is not one of {', '.join(values)}")
+    full = {"size": "tiny", "source": "local", "dtype": "float32", "pretrained": False,
+            "data_dir": None, "model": {}}
+    full.update(definition.presets[spec.get("size") or "tiny"])
+    full.update({k: v for k, v in spec.items() if v is not None or k in CAPS})
+    full.setdefault("test_batch_size", full["batch_size"])
+    _check_integers(full)
+    if not isinstance(full["pretrained"], bool):
+        raise ValueError(f"workload.pretrained: expected true or false, got {full['pretrained']!r}")
+    if full["pretrained"] and full["source"] not in definition.pretrained_sources:
+        where = " or ".join(f"source: {s}" for s in definition.pretrained_sources) or "no source"
+        raise ValueError(f"workload.pretrained: {name!r} has pretrained weights only with {where}")
+    if full["data_dir"] is not None and not isinstance(full["data_dir"], (str, os.PathLike)):
+        raise ValueError(f"workload.data_dir: expected a path, got {full['data_dir']!r}")
+    _check_model_overrides(name, definition, full)
+    return full
+
+
+def _check_integers(full: Mapping[str, Any]) -> None:
+    lowest = {"seq_len": 2, "vocab_size": VOCAB_RANGE[0]}
+    for key in ("batch_size", "test_batch_size", "seq_len", "vocab_size", *CAPS):
+        value = full.get(key)
+        if key not in full or (value is None and key in CAPS):
+            continue
+        lo, hi = lowest.get(key, 1), VOCAB_RANGE[1] if key == "vocab_size" else None
+        in_range = isinstance(value, int) and lo <= value <= (hi or value)
+        if isinstance(value, bool) or not in_range:
+            bound = f"in [{lo}, {hi}]" if hi else f">= {lo}"
+            raise ValueError(f"workload.{key}: expected an integer {bound}, got {value!r}")
+
+
+def _check_model_overrides(name: str, definition: WorkloadDefinition,
+                           full: Mapping[str, Any]) -> None:
+    overrides = full["model"]
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"workload.model: expected a mapping of config fields, got {overrides!r}")
+    if overrides and full["pretrained"]:
+        raise ValueError("workload.model: config overrides conflict with pretrained: true "
+                         "(the checkpoint fixes the model)")
+    if overrides and definition.config_class is not None:
+        known = definition.config_class()
+        unknown = sorted(k for k in overrides if not hasattr(known, k))
+        if unknown:
+            raise ValueError(f"workload.model: {', '.join(map(repr, unknown))} not a field of "
+                             f"{definition.config_class.__name__} ({name!r})")
+    fixed = sorted(set(overrides) & set(definition.fixed_fields))
+    if fixed:
+        raise ValueError(f"workload.model: {', '.join(map(repr, fixed))} set by the workload "
+                         f"itself (from its data and tokenizer), not by an override")
+
+
+def fixed_subset(items: Sequence[T], n: int | None) -> list[T]:
+    """`n` items chosen once and for all (not by the trial seed: the data belongs to the workload,
+    the seed only orders and samples it), in their original order; all of them if n is None."""
+    if n is None or n >= len(items):
+        return list(items)
+    keep = torch.randperm(len(items), generator=torch.Generator().manual_seed(0))[:n]
+    return [items[i] for i in sorted(keep.tolist())]

@@ -1,0 +1,115 @@
+"""The probe bank: same steps as the training optimizers, weights untouched, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from optim_testing import batches, loss_of, make_net
+from pipeline.optim import DEFAULT_PROBES, ProbeBank, ProbeSpec, make_optimizer
+
+PAPER_LABELS = [
+    "sgd", "sgd_clip0.1", "adam", "adam_clip0.5", "adam_clipupdate0.5", "adafactor", "adafactor_clip0.5",
+    "lion", "lion_clipupdate0.5", "sign_sgd", "normalized_sgd", "normalized_sgd_clip0.1",
+]
+
+
+def test_default_probes_are_the_papers_twelve():
+    assert [s.label for s in DEFAULT_PROBES] == PAPER_LABELS
+    by_label = {s.label: s for s in DEFAULT_PROBES}
+    assert (by_label["adam_clipupdate0.5"].clip_target, by_label["adam_clipupdate0.5"].clip_fraction) == ("update", 0.5)
+    assert by_label["adafactor"].lr is None and by_label["normalized_sgd_clip0.1"].clip_fraction == 0.1
+
+
+def test_every_probe_equals_its_training_optimizer_bit_for_bit():
+    """Each default probe, fed the gradients of a training run of its own algorithm and clip,
+    predicts exactly that optimizer's displacement at every step (x + probe step == x_new)."""
+    steps = 4
+    for spec in DEFAULT_PROBES:
+        net = make_net(torch.float32)
+        names = [n for n, _ in net.named_parameters()]
+        opt = make_optimizer(net.parameters(), spec.algorithm, lr=spec.lr, clip_fraction=spec.clip_fraction,
+                             clip_target=spec.clip_target, **spec.hparams)
+        bank = ProbeBank({n: p.detach() for n, p in net.named_parameters()}, DEFAULT_PROBES)
+        data = batches(2, torch.float32)
+        for _ in range(steps):
+            opt.zero_grad()
+            loss_of(net, next(data)).backward()
+            before = {n: p.detach().clone() for n, p in net.named_parameters()}
+            bank.step({n: p.grad for n, p in net.named_parameters()}, before)
+            opt.step()
+            direction = bank.directions()[spec.label]
+            assert list(direction) == names
+            for n, p in net.named_parameters():
+                assert torch.equal(before[n] + direction[n], p.detach()), (spec.label, n)
+
+
+def test_probes_never_touch_weights_or_grads_and_differ_from_each_other():
+    net = make_net(torch.float32)
+    params = {n: p.detach() for n, p in net.named_parameters()}
+    bank = ProbeBank(params)
+    snapshot = {n: p.clone() for n, p in params.items()}
+    loss_of(net, next(batches(3, torch.float32))).backward()
+    grads = {n: p.grad for n, p in net.named_parameters()}
+    grads_before = {n: g.clone() for n, g in grads.items()}
+    bank.step(grads, params)
+    assert all(torch.equal(params[n], snapshot[n]) for n in params)
+    assert all(torch.equal(grads[n], grads_before[n]) for n in grads)
+    directions = bank.directions()
+    assert list(directions) == PAPER_LABELS
+    flat = {k: torch.cat([t.flatten() for t in v.values()]) for k, v in directions.items()}
+    sgd = -grads_before_flat(grads_before)  # lr 1, first step: m_1 = g_1
+    assert torch.equal(flat["sgd"], sgd)
+    assert torch.equal(flat["sign_sgd"], torch.sign(sgd))
+    data = batches(5, torch.float32)
+    for _ in range(3):  # at step 1 Lion and signSGD coincide (both sign(g)); later all differ
+        net.zero_grad()
+        loss_of(net, next(data)).backward()
+        bank.step({n: p.grad for n, p in net.named_parameters()}, params)
+    flat = {k: torch.cat([t.flatten() for t in v.values()]) for k, v in bank.directions().items()}
+    for a in PAPER_LABELS:
+        for b in PAPER_LABELS:
+            if a < b:
+                assert not torch.equal(flat[a], flat[b]), (a, b)
+
+
+def grads_before_flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.flatten() for g in grads.values()])
+
+
+def test_directions_are_fresh_tensors():
+    net = make_net(torch.float32)
+    params = {n: p.detach() for n, p in net.named_parameters()}
+    bank = ProbeBank(params, [ProbeSpec("sgd", "sgd")])
+    data = batches(4, torch.float32)
+    for i in range(2):
+        net.zero_grad()
+        loss_of(net, next(data)).backward()
+        bank.step({n: p.grad for n, p in net.named_parameters()}, params)
+        if i == 0:
+            first = bank.directions()["sgd"]
+            kept = {n: t.clone() for n, t in first.items()}
+    assert all(torch.equal(first[n], kept[n]) for n in first)  # a later step does not overwrite them
+
+
+def test_bad_input():
+    params = {"w": torch.zeros(3)}
+    with pytest.raises(ValueError, match="params"):
+        ProbeBank({})
+    with pytest.raises(ValueError, match="unique"):
+        ProbeBank(params, [ProbeSpec("a", "sgd"), ProbeSpec("a", "adam")])
+    with pytest.raises(ValueError, match="algorithm"):
+        ProbeBank(params, [ProbeSpec("x", "adamw")])
+    with pytest.raises(ValueError, match="lr"):
+        ProbeBank(params, [ProbeSpec("x", "sgd", lr=None)])
+    with pytest.raises(ValueError, match="clip_fraction"):
+        ProbeBank(params, [ProbeSpec("x", "sgd", clip_fraction=2.0)])
+    with pytest.raises(ValueError, match="specs"):
+        ProbeBank(params, [])
+    bank = ProbeBank(params, [ProbeSpec("sgd", "sgd")])
+    with pytest.raises(RuntimeError, match="step"):
+        bank.directions()
+    with pytest.raises(ValueError, match="grads.*missing"):
+        bank.step({"v": torch.zeros(3)}, params)
+    with pytest.raises(ValueError, match="shapes"):
+        bank.step({"w": torch.zeros(4)}, params)

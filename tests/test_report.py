@@ -1,0 +1,127 @@
+"""report.md and the figures: every table mentioned, every figure linked and a valid PNG."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from PIL import Image
+
+from pipeline import aggregate
+from pipeline.records import write_trial_records
+from pipeline.schemas import OUTPUT_TABLES
+
+
+def trial(experiment, algorithm, seed, *, clip=0.0, lr=0.1, workload="translation"):
+    return {
+        "sweep": "rep", "trial_id": f"{experiment}-{algorithm}-c{clip:g}-s{seed}", "experiment": experiment,
+        "workload": {"name": workload}, "algorithm": algorithm, "clip_fraction": clip, "clip_target": "grad",
+        "lr": lr, "seed": seed,
+    }
+
+
+def write_sharpness(sweep_dir, seed):
+    sharp, land, hist, curv = [], [], [], []
+    for step in (0, 50):
+        for probe, s in (("sgd", 8.0), ("adam", 0.8 * (seed + 1))):
+            sharp.append({"step": step, "probe": probe, "probe_algorithm": probe, "probe_clip_fraction": 0.0,
+                          "probe_clip_target": "grad", "sharpness": s, "sharpness_raw": s, "robust": False,
+                          "ratio_to_sgd": s / 8.0, "grad_correlation": 0.2, "update_norm": 1.0})
+            land += [{"step": step, "probe": probe, "offset": o, "loss": 2 + s * o * o, "loss_change": s * o * o}
+                     for o in (-0.5, 0.0, 0.5)]
+            hist += [{"step": step, "probe": probe, "bin_lo": lo, "bin_hi": lo + 2.0, "count": 5 + int(lo)}
+                     for lo in (-4.0, -2.0)]
+        curv.append({"step": step, "top_eigenvalue": 16.0, "lanczos_iters": 12, "lanczos_tol": 1e-3,
+                     "lanczos_converged": True, "hutchinson_samples": 4, "rank_corr_all": 0.25,
+                     "rank_corr_topk": 0.5, "topk_fraction": 0.1})
+    t = trial("sharpness", "sgd", seed)
+    write_trial_records(sweep_dir / "trials" / t["trial_id"], t,
+                        {"sharpness": sharp, "landscape": land, "histogram": hist, "curvature": curv})
+
+
+def write_convergence(sweep_dir):
+    for clip, slope in ((0.0, 1.0), (0.1, 2.0)):
+        for seed in (0, 1):
+            rows = [{"step": i, "train_loss": 20.0 - slope * i + seed, "test_loss": None} for i in range(8)]
+            t = trial("convergence", "sgd", seed, clip=clip)
+            write_trial_records(sweep_dir / "trials" / t["trial_id"], t, {"convergence": rows})
+
+
+def write_smoothness(sweep_dir):
+    t = trial("smoothness", "adam", 0, lr=0.001, workload="classification")
+    rows = [{"step": s, "L": 9.0, "ell": 3.0, "ratio": 3.0, "fraction_removed": 0.01, "outlier_factor": 2.0,
+             "n_samples": 8} for s in (0, 5)]
+    write_trial_records(sweep_dir / "trials" / t["trial_id"], t, {"smoothness": rows})
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    sweep_dir = tmp_path_factory.mktemp("results") / "rep"
+    write_sharpness(sweep_dir, 0)
+    write_sharpness(sweep_dir, 1)
+    write_convergence(sweep_dir)
+    write_smoothness(sweep_dir)
+    return sweep_dir, aggregate.aggregate(sweep_dir)
+
+
+def _links(text):
+    return re.findall(r"\]\((figures/[^)]+\.png)\)", text)
+
+
+def test_report_mentions_every_table_and_links_every_figure(full):
+    sweep_dir, written = full
+    text = (sweep_dir / "report.md").read_text()
+    tables = [p.stem for p in (sweep_dir / "tables").glob("*.parquet")]
+    assert set(tables) == set(OUTPUT_TABLES)
+    for name in tables:
+        assert f"tables/{name}.parquet" in text, name
+    pngs = sorted(p.relative_to(sweep_dir).as_posix() for p in (sweep_dir / "figures").glob("*.png"))
+    assert sorted(set(_links(text))) == pngs
+    expected_kinds = {"landscape", "histogram", "sharpness_ratio", "curvature", "loss", "smoothness"}
+    assert {p.split("/")[1].split("_translation")[0].split("_classification")[0] for p in pngs} == expected_kinds
+    assert {k for k in written if k.startswith("figure:")} == {f"figure:{p[8:-4]}" for p in pngs}
+    for section in ("Tables 1, 4-7", "Table 3", "Table 8", "Curvature"):
+        assert section in text
+
+
+def test_figures_are_valid_pngs(full):
+    sweep_dir, _ = full
+    pngs = list((sweep_dir / "figures").glob("*.png"))
+    assert pngs
+    for path in pngs:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 200 and image.height > 200
+            image.verify()
+
+
+def test_report_shows_the_numbers(full):
+    sweep_dir, _ = full
+    text = (sweep_dir / "report.md").read_text()
+    # Table 1: adam/sgd ratios 0.1 (seed 0) and 0.2 (seed 1), mean 0.15
+    assert "| 0 | adam | 0.1 | 0.2 | 0.15 |" in text
+    # Table 3: finals 20-1*{3..7} mean 15 (+seed) -> 15, 16 (mean 15.5); clipped 10, 11 (10.5)
+    assert "| sgd | 0.1 | 15.5 +- 0.7071 | sgd_clip0.1 | 0.1 | 10.5 +- 0.7071 |" in text
+    # Table 8 row and curvature ratio sgd: 8 / 16
+    assert "| adam | 0.001 | 2 | 0 | 1 | 9 | 3 | 3 | 0.01 |" in text
+    assert "| 0 | 16 | 2/2 | 0.25 | 0.5 | 0.075 | 0.5 |" in text
+    assert "7 trials (convergence: 4, sharpness: 2, smoothness: 1)" in text
+
+
+def test_report_is_reproducible(full):
+    sweep_dir, _ = full
+    before = (sweep_dir / "report.md").read_bytes()
+    tables = {p.name: p.read_bytes() for p in (sweep_dir / "tables").glob("*.parquet")}
+    aggregate.aggregate(sweep_dir)
+    assert (sweep_dir / "report.md").read_bytes() == before
+    assert {p.name: p.read_bytes() for p in (sweep_dir / "tables").glob("*.parquet")} == tables
+
+
+def test_only_convergence_trials(tmp_path):
+    write_convergence(tmp_path)
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "landscape_old.png").write_bytes(b"stale")
+    written = aggregate.aggregate(tmp_path)
+    assert [p.name for p in (tmp_path / "figures").glob("*.png")] == ["loss_translation.png"]
+    text = written["report"].read_text()
+    assert _links(text) == ["figures/loss_translation.png"]
+    assert "Table 3" in text and "Table 8" not in text and "Tables 1, 4-7" not in text
