@@ -68,17 +68,20 @@ def inner(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
     return torch.stack([(a[n] * b[n]).sum(dtype=torch.float64) for n in a]).sum()
 
 
-def unit_directions(directions: Mapping[str, Vector]) -> tuple[dict[str, Vector], Tensor]:
-    """(label -> v/||v||, the norms (K,) float64). A zero direction stays zero (norm 0)."""
+def unit_tangents(directions: Mapping[str, Vector]) -> tuple[Vector, Tensor]:
+    """(the v/||v|| stacked: name -> (K, *shape), the norms (K,) float64) in label order.
+
+    A zero direction stays zero (norm 0): callers turn its results into NaN. One stacked copy
+    of the directions is made, no other (K copies of the parameter count can be large).
+    """
     labels = list(directions)
     norms = torch.stack([vector_norm(directions[k]) for k in labels])  # (K,)
-    # Dividing by a zero norm would give NaN tangents; 1 keeps the zero vector, callers flag it.
     safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-    units = {
-        k: {n: t / safe[i].to(t.dtype) for n, t in directions[k].items()}
-        for i, k in enumerate(labels)
-    }
-    return units, norms
+    tangents = {}
+    for n in directions[labels[0]]:
+        stacked = torch.stack([directions[k][n] for k in labels])  # (K, *shape)
+        tangents[n] = stacked.div_(safe.to(stacked.dtype).view(-1, *[1] * (stacked.dim() - 1)))
+    return tangents, norms
 
 
 def stack(vectors: Sequence[Mapping[str, Tensor]]) -> Vector:

@@ -19,7 +19,7 @@ from pipeline.measure.hvp import (
     check_directions,
     check_loss_fn,
     check_params,
-    unit_directions,
+    vector_norm,
 )
 
 
@@ -31,17 +31,20 @@ def loss_landscape(loss_fn: LossFn, params: Mapping[str, Tensor],
     offsets = _check_offsets(offsets)
     params = check_params(params)
     directions = check_directions(directions, params)
-    units, norms = unit_directions(directions)
     labels = list(directions)
+    norms = torch.stack([vector_norm(directions[k]) for k in labels])  # (K,) float64
+    scale = 1 / torch.where(norms > 0, norms, torch.ones_like(norms))
     losses = []
     with torch.no_grad():
         base = loss_fn(params).detach()
-        for label in labels:
+        for i, label in enumerate(labels):
+            v = directions[label]
             for s in offsets:
                 if s == 0.0:
                     losses.append(base)  # x + 0 v is x itself: reuse, and exactly so
                     continue
-                point = {n: p + s * units[label][n] for n, p in params.items()}
+                step = s * scale[i]  # s / ||v||, on the device: no host sync per point
+                point = {n: p + step.to(p.dtype) * v[n] for n, p in params.items()}
                 losses.append(loss_fn(point).detach())
     # One device-to-host copy for the whole grid, not one per evaluation.
     table = torch.stack(losses).reshape(len(labels), len(offsets)).to(torch.float64)

@@ -22,8 +22,7 @@ from pipeline.measure.hvp import (
     check_params,
     inner,
     quadratic_forms,
-    stack,
-    unit_directions,
+    unit_tangents,
     vector_norm,
 )
 
@@ -48,8 +47,8 @@ def directional_sharpness(loss_fn: LossFn, params: Mapping[str, Tensor],
     check_loss_fn(loss_fn)
     params = check_params(params)
     directions = check_directions(directions, params)
-    units, norms = unit_directions(directions)
-    values = _forms(loss_fn, params, units, norms, chunk_size)
+    tangents, norms = unit_tangents(directions)
+    values = _forms(loss_fn, params, tangents, norms, chunk_size)
     return dict(zip(directions, values.tolist()))
 
 
@@ -62,16 +61,17 @@ def sharpness_with_robust(loss_fn: LossFn, params: Mapping[str, Tensor],
         raise ValueError(f"delta must be a positive finite number; got {delta!r}")
     params = check_params(params)
     directions = check_directions(directions, params)
-    units, norms = unit_directions(directions)
-    raw = _forms(loss_fn, params, units, norms, chunk_size).tolist()
+    tangents, norms = unit_tangents(directions)
+    raw = _forms(loss_fn, params, tangents, norms, chunk_size).tolist()
     labels = list(directions)
-    negative = [k for k, r in zip(labels, raw) if r < 0]
+    negative = [i for i, r in enumerate(raw) if r < 0]
     robust: dict[str, float] = {}
     if negative:
-        tangents = stack([units[k] for k in negative])
-        shifts = {n: float(delta) * t for n, t in tangents.items()}
-        values = quadratic_forms(loss_fn, params, tangents, shifts=shifts, chunk_size=chunk_size)
-        robust = dict(zip(negative, values.tolist()))
+        index = torch.tensor(negative, device=norms.device)
+        units = {n: t.index_select(0, index) for n, t in tangents.items()}
+        shifts = {n: float(delta) * t for n, t in units.items()}
+        values = quadratic_forms(loss_fn, params, units, shifts=shifts, chunk_size=chunk_size)
+        robust = dict(zip((labels[i] for i in negative), values.tolist()))
     return {
         k: SharpnessResult(value=robust.get(k, r), raw=r, robust=k in robust)
         for k, r in zip(labels, raw)
@@ -101,11 +101,10 @@ def update_norms(directions: Mapping[str, Vector]) -> dict[str, float]:
     return dict(zip(labels, torch.stack([vector_norm(directions[k]) for k in labels]).tolist()))
 
 
-def _forms(loss_fn: LossFn, params: Vector, units: dict[str, Vector], norms: Tensor,
+def _forms(loss_fn: LossFn, params: Vector, tangents: Vector, norms: Tensor,
            chunk_size: int | None) -> Tensor:
-    """u^T H u for the unit directions, NaN where the direction was zero: (K,) float64."""
+    """u^T H u for the stacked unit directions, NaN where the direction was zero: (K,) float64."""
     # v^T H v / ||v||^2 = u^T H u with u = v/||v||: tangents of unit size keep float32 in range.
-    tangents = stack(list(units.values()))
     forms = quadratic_forms(loss_fn, params, tangents, chunk_size=chunk_size)
     return torch.where(norms > 0, forms, torch.full_like(forms, math.nan))
 

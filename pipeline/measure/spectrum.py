@@ -64,31 +64,32 @@ def top_hessian_eigenvalue(loss_fn: LossFn, params: Mapping[str, Tensor], *, ite
         out = hvp(parts)
         return torch.cat([out[n].reshape(-1) for n in names])
 
-    basis = torch.empty((steps, dim), dtype=dtype, device=device)  # (m, P)
     start = torch.randn(dim, generator=gen, device=device, dtype=dtype)
-    basis[0] = start / torch.linalg.vector_norm(start)
+    basis = [start / torch.linalg.vector_norm(start)]  # the Krylov basis, grown as needed
     alphas: list[float] = []
     betas: list[float] = []
-    theta, residual, used = math.nan, math.inf, 0
+    theta, residual, converged = math.nan, math.inf, False
     for j in range(steps):
         w = apply(basis[j])
-        used += 1
-        alpha = torch.dot(basis[j].double(), w.double())
-        w = w - alpha.to(dtype) * basis[j]
+        alpha = torch.dot(basis[j], w)
+        w = w - alpha * basis[j]
         if j > 0:
             w = w - betas[-1] * basis[j - 1]
         for _ in range(2):  # full reorthogonalisation, twice is enough (Parlett's "twice")
-            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
-        beta = float(torch.linalg.vector_norm(w.double()))
+            for q in basis:
+                w = w - torch.dot(q, w) * q
+        beta = float(torch.linalg.vector_norm(w, dtype=torch.float64))
         alphas.append(float(alpha))
         theta, residual = _top_ritz(alphas, betas, beta)
+        # beta ~ 0: the Krylov space is invariant, its Ritz values are exact eigenvalues.
         exhausted = beta <= 10 * torch.finfo(dtype).eps * max(abs(a) for a in alphas)
-        if residual <= tol or exhausted or j + 1 == steps:
-            converged = residual <= tol or exhausted
+        converged = residual <= tol or exhausted
+        if converged or j + 1 == steps:
             break
         betas.append(beta)
-        basis[j + 1] = w / beta
-    return EigenResult(value=theta, converged=converged, iters=used, residual=residual, tol=tol)
+        basis.append(w / beta)
+    return EigenResult(value=theta, converged=converged, iters=len(alphas), residual=residual,
+                       tol=tol)
 
 
 def _top_ritz(alphas: list[float], betas: list[float], beta_next: float) -> tuple[float, float]:

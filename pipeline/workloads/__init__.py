@@ -34,3 +34,20 @@ __all__ = [
     "SIZES", "SOURCES", "WORKLOADS", "HubUnavailableError", "Workload", "build_workload",
     "validate_workload_spec",
 ]
+
+
+def warm_tokenizers(sizes=("tiny", "small"), data_dir=None) -> list[tuple[str, int]]:
+    """Trains (or finds cached) the local tokenizers that these size presets use.
+
+    Run by `python -m pipeline setup`, so that concurrent trials and the tests find them cached
+    instead of each paying the first-use training (the Unigram one takes ~20 s on 2 cores).
+    """
+    from pipeline import data
+
+    done = []
+    for module in (causal_lm, translation, classification):
+        for size in sizes:
+            vocab = module.PRESETS[size]["vocab_size"]
+            data.get_tokenizer(module.LOCAL_TOKENIZER, vocab_size=vocab, data_dir=data_dir)
+            done.append((module.LOCAL_TOKENIZER, vocab))
+    return done

@@ -44,7 +44,7 @@ def flat_hessian(loss_fn, params) -> torch.Tensor:
     def flat_loss(x):
         return loss_fn({n: t.view(s) for n, t, s in zip(names, x.split(sizes), shapes)})
 
-    return torch.autograd.functional.hessian(flat_loss, flatten(params))
+    return torch.autograd.functional.hessian(flat_loss, flatten(params), vectorize=True)
 
 
 def flatten(vec) -> torch.Tensor:

@@ -73,6 +73,8 @@ def test_hutchinson_within_its_statistical_error():
                                                   generator=torch.Generator().manual_seed(3))
     # Var of one sample z_i (Hz)_i is sum_{j != i} H_ij^2 (Rademacher z).
     exact_sd = ((hessian.pow(2).sum(1) - hessian.diag().pow(2)) / samples).sqrt()
+    # LayerNorm's bias before the training-mode BatchNorm has a zero Hessian row: float64 noise.
+    exact_sd = exact_sd + 1e-12 * float(hessian.abs().max())
     z = (flatten(mean) - hessian.diag()) / exact_sd
     assert float(z.abs().max()) < 5.0
     assert 0.5 < float(z.pow(2).mean()) < 1.6  # chi-square / n near 1

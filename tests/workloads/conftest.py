@@ -61,10 +61,12 @@ def _assert_test_batch_seeded(build):
     assert not all(torch.equal(p, q) for p, q in other)
 
 
-def _assert_float64_exact(workload, h=1e-4):
-    """Central differences at step h match the autograd directional derivative to ~1e-8 only if
-    nothing in the forward pass rounds to float32 (float32 noise / h would show as ~1e-3);
-    then Hessian-vector products run and are symmetric."""
+def _assert_float64_exact(workload, h=1e-5):
+    """Central differences at step h match the autograd directional derivative to ~1e-7 only if
+    nothing in the forward pass rounds to float32: float32 rounding of the loss (~1e-7 x loss)
+    divided by 2h would be larger than the derivative itself (~1e-3). A small h also keeps the
+    two points on the same side of (almost) every ReLU kink. Then Hessian-vector products run
+    and are symmetric."""
     workload.model.eval()
     params = {n: p.detach() for n, p in workload.model.named_parameters()}
     assert all(p.dtype == torch.float64 for p in params.values())
@@ -80,7 +82,7 @@ def _assert_float64_exact(workload, h=1e-4):
     with torch.no_grad():
         plus = f({n: p + h * v[n] for n, p in params.items()})
         minus = f({n: p - h * v[n] for n, p in params.items()})
-    assert float(plus - minus) / (2 * h) == pytest.approx(exact, rel=1e-6, abs=1e-9)
+    assert float(plus - minus) / (2 * h) == pytest.approx(exact, rel=1e-5)
     # Second derivatives work (eager attention: DESIGN.md's sharpness needs Hessian-vector
     # products) and the Hessian is symmetric: u^T H v = v^T H u.
     u = {n: torch.randn(p.shape, generator=gen, dtype=torch.float64) for n, p in params.items()}

@@ -63,7 +63,7 @@ def test_rows_are_the_prefixed_pairs_tokenized_independently():
 
 
 def test_loss_goes_down(train_a_few_steps):
-    before, after = train_a_few_steps(build(), steps=8)
+    before, after = train_a_few_steps(build(seq_len=48), steps=8)  # short rows: cheaper
     assert after < before - 0.2
 
 

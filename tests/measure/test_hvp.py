@@ -1,0 +1,70 @@
+"""The Hessian-vector product primitives against a brute-force float64 Hessian."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from measure_testing import flat_hessian, flatten, normed_mlp, random_directions
+
+from pipeline.measure import hessian_vector_products, hvp_operator, quadratic_forms
+from pipeline.measure.hvp import _chunked, stack
+
+
+def test_batched_products_and_forms_match_brute_force():
+    loss_fn, params = normed_mlp(seed=2)
+    hessian = flat_hessian(loss_fn, params)
+    vectors = list(random_directions(params, 3).values())
+    tangents = stack(vectors)
+    products = hessian_vector_products(loss_fn, params, tangents)
+    forms = quadratic_forms(loss_fn, params, tangents)
+    for k, v in enumerate(vectors):
+        expected = hessian @ flatten(v)
+        got = torch.cat([products[n][k].reshape(-1) for n in params])
+        assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12)
+        assert float(forms[k]) == pytest.approx(float(flatten(v) @ expected), rel=1e-10)
+
+
+def test_shifted_forms_use_each_directions_own_point():
+    params = {"x": torch.tensor([1.0, -2.0], dtype=torch.float64)}
+
+    def loss_fn(p):  # H = diag(6 x)
+        return p["x"].pow(3).sum()
+
+    tangents = {"x": torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)}
+    shifts = {"x": torch.tensor([[0.5, 0.0], [0.0, -1.0]], dtype=torch.float64)}
+    forms = quadratic_forms(loss_fn, params, tangents, shifts=shifts)
+    assert forms.tolist() == pytest.approx([6 * 1.5, 6 * -3.0])
+
+
+def test_operator_matches_brute_force_and_handles_linear_parameters():
+    loss_fn, params = normed_mlp(seed=3)
+    params = {**params, "offset": torch.tensor(0.3, dtype=torch.float64)}
+
+    def with_offset(p):  # linear in "offset": its Hessian row and column are zero
+        return loss_fn(p) + 2.0 * p["offset"]
+
+    hessian = flat_hessian(with_offset, params)
+    apply = hvp_operator(with_offset, params)
+    for v in random_directions(params, 2, seed=7).values():
+        got = apply(v)
+        assert torch.allclose(flatten(got), hessian @ flatten(v), rtol=1e-10, atol=1e-12)
+        assert float(got["offset"]) == 0.0
+
+
+def test_out_of_memory_halves_the_chunk_until_it_fits():
+    tried = []
+
+    def run(size):
+        tried.append(size)
+        if size is None or size > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return size
+
+    assert _chunked(run, 12, None) == 3
+    assert tried == [None, 6, 3]
+
+    def broken(size):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not retried
+        _chunked(broken, 12, None)
