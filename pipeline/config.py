@@ -207,16 +207,18 @@ def validate(raw: dict) -> SweepConfig:
         raise ConfigError("device: 'cuda' needs resources_per_trial.gpu > 0 (Ray hides GPUs from trials without one)")
     if not config.experiments:
         raise ConfigError("experiments: empty list, so the grid has no trials")
-    for i, block in enumerate(config.experiments):
-        _check_block(f"experiments.{i}", block, config)
     seen: dict[str, int] = {}
     for index, block in enumerate(config.experiments):
-        for trial in _block_trials(config, block):
+        where = f"experiments.{index}"
+        _check_block(where, block)
+        try:
+            trials = _block_trials(config, block)
+        except ValueError as err:  # the workload's own spec checks (pipeline.workloads)
+            raise ConfigError(f"{where}.{err}") from None
+        for trial in trials:
             if trial["trial_id"] in seen:
-                raise ConfigError(
-                    f"experiments.{index}: trial id {trial['trial_id']!r} repeats one of "
-                    f"experiments.{seen[trial['trial_id']]}; give one block a distinct `label`"
-                )
+                raise ConfigError(f"{where}: trial id {trial['trial_id']!r} repeats one of "
+                                  f"experiments.{seen[trial['trial_id']]}; give one block a distinct `label`")
             seen[trial["trial_id"]] = index
     return config
 
@@ -248,7 +250,7 @@ def _fields_at(loc: Sequence[Any]) -> list[str]:
     return list(model.model_fields) if model is not None else []
 
 
-def _check_block(where: str, block: ExperimentBlock, config: SweepConfig) -> None:
+def _check_block(where: str, block: ExperimentBlock) -> None:
     if block.experiment not in EXPERIMENTS:
         raise ConfigError(f"{where}.experiment: unknown experiment {block.experiment!r}; allowed: {', '.join(EXPERIMENTS)}")
     if block.label is not None and not _SAFE_NAME.fullmatch(block.label):
@@ -258,10 +260,6 @@ def _check_block(where: str, block: ExperimentBlock, config: SweepConfig) -> Non
         raise ConfigError(f"{where}.workload.name: unknown workload {name!r}; allowed: {', '.join(WORKLOADS)}")
     if block.experiment == "smoothness" and name not in SMOOTHNESS_WORKLOADS:
         raise ConfigError(f"{where}.workload.name: smoothness needs a two-class classifier: {', '.join(SMOOTHNESS_WORKLOADS)}")
-    try:
-        validate_workload_spec(_workload(block, config))
-    except ValueError as err:
-        raise ConfigError(f"{where}.{err}") from None
     if block.measure.at is not None and block.measure.every is not None:
         raise ConfigError(f"{where}.measure: give `at` or `every`, not both")
     axes = {"seeds": block.seeds, "algorithms": block.algorithms}

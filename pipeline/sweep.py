@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,21 +191,31 @@ def _error_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def _start_ray(config: SweepConfig) -> bool:
-    """Joins the running Ray or starts a local one; True when this call started it."""
-    if ray.is_initialized():
-        return False
-    local = config.ray.address is None
-    ray.init(
-        address=config.ray.address,
-        num_cpus=config.ray.num_cpus if local else None,
-        include_dashboard=False,
-        # Trials do not print; their logs stay in Ray's session directory, our lines say what ran.
-        log_to_driver=False,
-        configure_logging=True,
-        logging_level=logging.WARNING,
-    )
-    return True
+@contextlib.contextmanager
+def _ray_session(config: SweepConfig) -> Iterator[None]:
+    """Joins the running Ray (tests, `ray.address`) or starts a local one and stops it after."""
+    started = not ray.is_initialized()
+    if started:
+        local = config.ray.address is None
+        ray.init(
+            address=config.ray.address,
+            num_cpus=config.ray.num_cpus if local else None,
+            include_dashboard=False,
+            # Trials do not print; their logs stay in Ray's session directory, our lines say what ran.
+            log_to_driver=False,
+            configure_logging=True,
+            logging_level=logging.WARNING,
+        )
+    levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        if started:
+            ray.shutdown()
 
 
 def run(plan: SweepPlan, *, log: Log = lambda line: None) -> SweepOutcome:
@@ -217,31 +227,27 @@ def run(plan: SweepPlan, *, log: Log = lambda line: None) -> SweepOutcome:
     if plan.done:
         log(f"{len(plan.done)} of {total} trials already finished in {plan.sweep_dir}: skipped")
     if plan.trials:
+        # The store, the experiment and the parent run exist before any trial starts.
         target = tracking.start_sweep(
             plan.tracking_uri, config.name, description=config.description,
             tags={"trials": str(len(plan.trials)), "sweep_dir": str(plan.sweep_dir)},
         )
-        started_ray = _start_ray(config)
-        levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
+        status = "KILLED"  # unless the fit returns
         try:
-            for name in _QUIET_LOGGERS:
-                logging.getLogger(name).setLevel(logging.CRITICAL)
-            results = _fit(plan, target, log, total)
-        finally:
-            for name, level in levels.items():
-                logging.getLogger(name).setLevel(level)
-            if started_ray:
-                ray.shutdown()
-        for result in results:
-            trial_id = result.config["trial_id"]
-            if result.error is not None:
+            with _ray_session(config):
+                results = _fit(plan, target, log, total)
+            for result in results:
+                trial_id = result.config["trial_id"]
+                if result.error is None:
+                    outcome.finished.append(trial_id)
+                    outcome.results[trial_id] = dict(result.metrics or {})
+                    continue
                 error_file = plan.sweep_dir / "trials" / trial_id / ERROR_FILE
                 where = f" (traceback: {error_file})" if error_file.is_file() else ""
                 outcome.failed[trial_id] = _error_line(result.error) + where
-            else:
-                outcome.finished.append(trial_id)
-                outcome.results[trial_id] = dict(result.metrics or {})
-        tracking.end_run(plan.tracking_uri, target.parent_run_id, "FAILED" if outcome.failed else "FINISHED")
+            status = "FAILED" if outcome.failed else "FINISHED"
+        finally:
+            tracking.end_run(plan.tracking_uri, target.parent_run_id, status)
     aggregate_start = time.perf_counter()
     try:
         outcome.outputs = aggregate(plan.sweep_dir)

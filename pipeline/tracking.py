@@ -192,18 +192,17 @@ class TrialRun:
         finally:
             self.seconds += time.perf_counter() - start
 
+    def _buffer(self, step: int, metrics: Mapping[str, float]) -> None:
+        now = int(time.time() * 1000)
+        self._pending += [Metric(_METRIC_KEY.sub("_", k), float(v), now, int(step)) for k, v in metrics.items()]
+
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Buffer one step's metrics; flushed in batches (every FLUSH_METRICS or FLUSH_SECONDS)."""
-        now = int(time.time() * 1000)
-        for key, value in self._stride.select(step, metrics).items():
-            self._pending.append(Metric(_METRIC_KEY.sub("_", key), float(value), now, int(step)))
+        self._buffer(step, self._stride.select(step, metrics))
         if len(self._pending) >= FLUSH_METRICS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
-        now = int(time.time() * 1000)
-        for key, (step, value) in self._stride.leftovers().items():
-            self._pending.append(Metric(_METRIC_KEY.sub("_", key), float(value), now, int(step)))
         for start in range(0, len(self._pending), MAX_METRICS_PER_BATCH):
             self._timed(self._client.log_batch, self.run_id, metrics=self._pending[start : start + MAX_METRICS_PER_BATCH])
         self.metrics_logged += len(self._pending)
@@ -215,5 +214,7 @@ class TrialRun:
             self._timed(self._client.log_artifact, self.run_id, os.fspath(path), artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
+        for key, (step, value) in self._stride.leftovers().items():
+            self._buffer(step, {key: value})
         self.flush()
         self._timed(self._client.set_terminated, self.run_id, status)

@@ -147,3 +147,19 @@ def test_the_real_command_exits_2_without_starting_ray(tmp_path):
     assert done.returncode == 2
     assert done.stderr.splitlines() == ["error: experiments.0.algorithms.sgd.lr.0: Input should be greater than 0 (got -1)"]
     assert done.stdout == "" and not ray_dir.exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_cluster_job_joins_the_running_ray_unless_told_otherwise(monkeypatch):
+    import runpy
+
+    import pipeline.__main__ as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.setattr(sys, "argv", ["jobs/sweep.py", "conf/paper.yaml", "ray.max_concurrent_trials=4"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(ROOT / "jobs" / "sweep.py"), run_name="__main__")
+    assert info.value.code == 0
+    assert seen == [["sweep", "conf/paper.yaml", "ray.address=auto", "ray.max_concurrent_trials=4"]]
+    assert load_config(SMOKE, ["ray.address=auto"]).ray.address == "auto"
+    assert load_config(SMOKE, ["ray.address=auto", "ray.address=null"]).ray.address is None  # later wins

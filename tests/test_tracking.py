@@ -27,6 +27,14 @@ def fake_trial(index: int = 0, steps: int = 10) -> dict:
             "measure": {"at": [0, 5]}}
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """One SQLite store for the tests that need any store (building the schema takes seconds)."""
+    db = tmp_path_factory.mktemp("store") / "mlflow.db"
+    tracking.client(f"sqlite:///{db}")
+    return db
+
+
 def count_metric_rows(db: Path) -> dict[str, int]:
     with sqlite3.connect(db) as con:
         return dict(con.execute("select run_uuid, count(*) from metrics group by run_uuid").fetchall())
@@ -72,8 +80,21 @@ def test_metric_stride_keeps_sparse_metrics_and_every_curve_end():
     assert all(short.select(s, {"a": 0.0}) for s in range(50))
 
 
-def test_trial_run_splits_batches_at_mlflows_limits(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_a_trial_run_logs_every_stride_th_step_and_the_last(store, monkeypatch):
+    monkeypatch.setattr(tracking, "FLUSH_METRICS", 25)  # several batches: flushes must not add points
+    target = tracking.start_sweep(f"sqlite:///{store}", "stride", tags={})
+    run = tracking.TrialRun(target, fake_trial(steps=1000), trajectory="adam_clipupdate0.5")
+    for step in range(1000):
+        run.log(step, {"train_loss": float(step)} | ({"sharpness/sgd": 1.0} if step % 100 == 0 else {}))
+    run.end()
+    history = MlflowClient(target.uri).get_metric_history(run.run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(0, 1000, 5)) + [999]
+    assert all(m.value == m.step for m in history)
+    assert len(MlflowClient(target.uri).get_metric_history(run.run_id, "sharpness/sgd")) == 10
+
+
+def test_trial_run_splits_batches_at_mlflows_limits(store, tmp_path):
+    uri = f"sqlite:///{store}"
     target = tracking.start_sweep(uri, "limits", tags={})
     trial = fake_trial(steps=2) | {"hparams": {f"h{i}": i for i in range(150)}}  # > 100 params
     run = tracking.TrialRun(target, trial, trajectory="adam_clipupdate0.5")
@@ -85,7 +106,7 @@ def test_trial_run_splits_batches_at_mlflows_limits(tmp_path):
     child = client.get_run(run.run_id)
     assert child.data.tags["mlflow.parentRunId"] == target.parent_run_id
     assert child.info.status == "FINISHED" and len(child.data.params) == len(tracking.flatten(trial))
-    assert count_metric_rows(tmp_path / "mlflow.db") == {run.run_id: 2500}
+    assert count_metric_rows(store)[run.run_id] == 2500
     assert [a.path for a in client.list_artifacts(run.run_id, "records")] == ["records/a.txt"]
     assert run.metrics_logged == 2500 and run.seconds > 0
 

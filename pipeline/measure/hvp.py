@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
+from pipeline.measure.chunking import chunked, default_chunk_size
+
 LossFn = Callable[[dict[str, Tensor]], Tensor]
 Vector = dict[str, Tensor]  # one point or direction in parameter space: param name -> tensor
 
@@ -44,10 +46,11 @@ def check_directions(directions: Mapping, params: Mapping[str, Tensor],
             raise ValueError(f"{what}[{label!r}] must map exactly the params' names to tensors")
         for n, p in params.items():
             t = vec[n]
+            where = f"{what}[{label!r}][{n!r}]"
             if not isinstance(t, Tensor) or t.shape != p.shape:
-                raise ValueError(f"{what}[{label!r}][{n!r}] must be a tensor of shape {tuple(p.shape)}")
+                raise ValueError(f"{where} must be a tensor of shape {tuple(p.shape)}")
             if t.device != p.device:
-                raise ValueError(f"{what}[{label!r}][{n!r}] is on {t.device}; params are on {p.device}")
+                raise ValueError(f"{where} is on {t.device}; params are on {p.device}")
         checked[label] = {n: vec[n].detach().to(params[n].dtype) for n in params}
     return checked
 
@@ -101,7 +104,8 @@ def hessian_vector_products(loss_fn: LossFn, params: Mapping[str, Tensor], tange
     def one(t: Vector) -> Vector:
         return jvp(gradient, (base,), (t,))[1]
 
-    return _chunked(lambda size: vmap(one, chunk_size=size)(tangents), _count(tangents), chunk_size)
+    run = lambda size: vmap(one, chunk_size=size)(tangents)  # noqa: E731
+    return _run_chunked(run, loss_fn, params, _count(tangents), chunk_size)
 
 
 def quadratic_forms(loss_fn: LossFn, params: Mapping[str, Tensor], tangents: Vector,
@@ -121,37 +125,26 @@ def quadratic_forms(loss_fn: LossFn, params: Mapping[str, Tensor], tangents: Vec
 
     in_dims = (0, None if shifts is None else 0)
     run = lambda size: vmap(one, in_dims=in_dims, chunk_size=size)(tangents, shifts)  # noqa: E731
-    return _chunked(run, _count(tangents), chunk_size)
+    return _run_chunked(run, loss_fn, params, _count(tangents), chunk_size)
 
 
 def _count(stacked: Vector) -> int:
     return int(next(iter(stacked.values())).shape[0])
 
 
-def _chunked(run: Callable[[int | None], object], count: int, chunk_size: int | None):
-    """`run(chunk)`; with chunk_size=None start with every tangent at once and halve the chunk on
-    out-of-memory (vmapping K tangents multiplies the tangent activations' memory by K)."""
-    if chunk_size is not None:
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
-        return run(chunk_size)
-    size = count
-    while True:
-        try:
-            return run(None if size >= count else size)
-        except (torch.OutOfMemoryError, RuntimeError) as err:  # noqa: PERF203
-            if size <= 1 or not _is_out_of_memory(err):
-                raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        size = (size + 1) // 2
+def check_chunk_size(chunk_size: object) -> None:
+    if chunk_size is not None and (
+        not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
 
 
-def _is_out_of_memory(err: BaseException) -> bool:
-    text = str(err).lower()
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or (
-        "can't allocate memory" in text
-    )
+def _run_chunked(run: Callable[[int | None], Tensor | Vector], loss_fn: LossFn,
+                 params: Mapping[str, Tensor], count: int, chunk_size: int | None):
+    check_chunk_size(chunk_size)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(loss_fn, params, count)
+    return chunked(run, count, chunk_size)
 
 
 def hvp_operator(loss_fn: LossFn, params: Mapping[str, Tensor]) -> Callable[[Vector], Vector]:
@@ -162,10 +155,11 @@ def hvp_operator(loss_fn: LossFn, params: Mapping[str, Tensor]) -> Callable[[Vec
     """
     live = {n: p.detach().requires_grad_(True) for n, p in params.items()}
     with torch.enable_grad():
-        grads = torch.autograd.grad(loss_fn(live), list(live.values()), create_graph=True)
-    # A gradient that does not depend on the weights (loss linear in them) has a zero Hessian
-    # block and no graph; autograd.grad refuses such outputs, so they are left out.
-    linked = [i for i, g in enumerate(grads) if g.requires_grad]
+        grads = torch.autograd.grad(loss_fn(live), list(live.values()), create_graph=True,
+                                    allow_unused=True)
+    # A gradient that does not depend on the weights (loss linear in them, or a weight the loss
+    # never uses) has a zero Hessian block and no graph; autograd.grad refuses such outputs.
+    linked = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
     inputs = list(live.values())
 
     def apply(v: Mapping[str, Tensor]) -> Vector:

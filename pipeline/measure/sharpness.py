@@ -17,6 +17,7 @@ from torch import Tensor
 from pipeline.measure.hvp import (
     LossFn,
     Vector,
+    check_chunk_size,
     check_directions,
     check_loss_fn,
     check_params,
@@ -45,6 +46,7 @@ def directional_sharpness(loss_fn: LossFn, params: Mapping[str, Tensor],
     bounds how many are vmapped at once (None: all, halved on out-of-memory).
     """
     check_loss_fn(loss_fn)
+    check_chunk_size(chunk_size)
     params = check_params(params)
     directions = check_directions(directions, params)
     tangents, norms = unit_tangents(directions)
@@ -59,6 +61,7 @@ def sharpness_with_robust(loss_fn: LossFn, params: Mapping[str, Tensor],
     check_loss_fn(loss_fn)
     if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
         raise ValueError(f"delta must be a positive finite number; got {delta!r}")
+    check_chunk_size(chunk_size)
     params = check_params(params)
     directions = check_directions(directions, params)
     tangents, norms = unit_tangents(directions)
@@ -110,4 +113,5 @@ def _forms(loss_fn: LossFn, params: Vector, tangents: Vector, norms: Tensor,
 
 
 def _nan_if_zero(x: Tensor) -> Tensor:
-    return torch.where(x != 0, x.to(torch.float64), torch.full_like(x, math.nan, dtype=torch.float64))
+    x = x.to(torch.float64)
+    return torch.where(x != 0, x, torch.full_like(x, math.nan))

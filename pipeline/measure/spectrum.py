@@ -1,4 +1,4 @@
-"""Curvature beyond the paper: top Hessian eigenvalue (Lanczos), Hutchinson diagonal, rank correlation.
+"""Curvature beyond the paper: top Hessian eigenvalue, Hutchinson diagonal, rank correlation.
 
 Pan & Li 2023 (arXiv 2306.00204), section 4.2 conjecture: adaptive updates have low directional
 sharpness because large gradient coordinates sit where the Hessian diagonal is small. These
@@ -18,6 +18,7 @@ from torch import Tensor
 from pipeline.measure.hvp import (
     LossFn,
     Vector,
+    check_chunk_size,
     check_loss_fn,
     check_params,
     hessian_vector_products,
@@ -93,7 +94,7 @@ def top_hessian_eigenvalue(loss_fn: LossFn, params: Mapping[str, Tensor], *, ite
 
 
 def _top_ritz(alphas: list[float], betas: list[float], beta_next: float) -> tuple[float, float]:
-    """Largest eigenvalue of the Lanczos tridiagonal and its relative residual |beta s_m|/|theta|."""
+    """Top eigenvalue of the Lanczos tridiagonal and its relative residual |beta s_m| / |theta|."""
     t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     if betas:
         off = torch.tensor(betas, dtype=torch.float64)
@@ -126,8 +127,7 @@ def hutchinson_diagonal_with_error(
     check_loss_fn(loss_fn)
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 2:
         raise ValueError(f"samples must be an int >= 2 (the error needs two); got {samples!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     params = check_params(params)
     device = next(iter(params.values())).device
     gen = _generator_on(generator, device)
@@ -155,12 +155,12 @@ def hutchinson_diagonal_with_error(
 def rank_correlation(a: Tensor, b: Tensor) -> float:
     """Spearman's rank correlation of two equally long tensors (ties get their average rank).
 
-    NaN when either side is constant (the correlation is undefined).
+    NaN when either side is constant or has fewer than two elements (undefined correlation).
     """
     if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.numel() != b.numel():
         raise ValueError("a and b must be tensors with the same number of elements")
     if a.numel() < 2:
-        raise ValueError(f"a and b need at least 2 elements; got {a.numel()}")
+        return math.nan
     ra, rb = _average_ranks(a.reshape(-1)), _average_ranks(b.reshape(-1))
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denominator = torch.linalg.vector_norm(ra) * torch.linalg.vector_norm(rb)

@@ -1,4 +1,4 @@
-"""References for the measurement tests: brute-force float64 Hessians, double backward, tiny models."""
+"""References for the measure tests: brute-force float64 Hessians, double backward, tiny models."""
 
 from __future__ import annotations
 

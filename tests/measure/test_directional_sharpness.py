@@ -1,4 +1,4 @@
-"""Directional sharpness against brute-force float64 Hessians, double backward and finite differences."""
+"""Directional sharpness vs. brute-force float64 Hessians, double backward, finite differences."""
 
 from __future__ import annotations
 
@@ -102,11 +102,11 @@ def test_robust_value_used_only_for_negative_curvature():
         "mixed": {"x": torch.tensor([2.0, 1.0], dtype=torch.float64)},
     }
     got = sharpness_with_robust(loss_fn, params, directions, delta=0.01)
-    assert got["down"] == SharpnessResult(value=pytest.approx(6 * (-1 + 0.01)), raw=pytest.approx(-6.0),
-                                          robust=True)
+    assert got["down"] == SharpnessResult(value=pytest.approx(6 * (-1 + 0.01)),
+                                          raw=pytest.approx(-6.0), robust=True)
     assert got["up"] == SharpnessResult(value=pytest.approx(12.0), raw=pytest.approx(12.0),
                                         robust=False)
-    # v = (2, 1): raw = (4 * -6 + 1 * 12) / 5 = -2.4; at x + 0.01 v/|v| the diagonal moves by 6 * shift.
+    # v = (2, 1): raw = (4 * -6 + 1 * 12) / 5 = -2.4; at x + 0.01 v/|v| H moves by 6 * shift.
     u = torch.tensor([2.0, 1.0], dtype=torch.float64) / math.sqrt(5)
     shifted = params["x"] + 0.01 * u
     expected = float((6 * shifted * u * u).sum())

@@ -86,7 +86,8 @@ def test_hutchinson_within_its_statistical_error():
 
 def test_hutchinson_draws_do_not_depend_on_chunking():
     loss_fn, params = normed_mlp(seed=1)
-    whole = hutchinson_diagonal(loss_fn, params, samples=6, generator=torch.Generator().manual_seed(4))
+    whole = hutchinson_diagonal(loss_fn, params, samples=6,
+                                generator=torch.Generator().manual_seed(4))
     chunked = hutchinson_diagonal(loss_fn, params, samples=6, chunk_size=4,
                                   generator=torch.Generator().manual_seed(4))
     assert all(torch.allclose(whole[n], chunked[n], rtol=1e-12, atol=1e-14) for n in params)
@@ -105,8 +106,9 @@ def spearman_reference(a, b):
 
 def test_rank_correlation_by_hand_and_against_reference():
     # ranks (1, 2.5, 2.5, 4) and (1, 3, 2, 4): 4.5 / sqrt(4.5 * 5)
-    assert rank_correlation(torch.tensor([1.0, 2.0, 2.0, 3.0]),
-                            torch.tensor([1.0, 3.0, 2.0, 4.0])) == pytest.approx(4.5 / math.sqrt(22.5))
+    a, b = torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.tensor([1.0, 3.0, 2.0, 4.0])
+    by_hand = rank_correlation(a, b)
+    assert by_hand == pytest.approx(4.5 / math.sqrt(22.5))
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):  # small integer ranges: many ties
         a = torch.randint(0, 6, (30,), generator=gen).double()
@@ -117,6 +119,7 @@ def test_rank_correlation_by_hand_and_against_reference():
     assert rank_correlation(x, x.exp()) == pytest.approx(1.0)
     assert rank_correlation(x, -x) == pytest.approx(-1.0)
     assert math.isnan(rank_correlation(x, torch.ones(50)))
+    assert math.isnan(rank_correlation(x[:1], x[:1]))
 
 
 def test_gradient_curvature_correlation_overall_and_top_k():

@@ -6,8 +6,14 @@ import pytest
 import torch
 from measure_testing import flat_hessian, flatten, normed_mlp, random_directions
 
-from pipeline.measure import hessian_vector_products, hvp_operator, quadratic_forms
-from pipeline.measure.hvp import _chunked, stack
+from pipeline.measure import (
+    directional_sharpness,
+    hessian_vector_products,
+    hvp_operator,
+    quadratic_forms,
+)
+from pipeline.measure.chunking import chunked, default_chunk_size, saved_bytes
+from pipeline.measure.hvp import stack
 
 
 def test_batched_products_and_forms_match_brute_force():
@@ -38,9 +44,10 @@ def test_shifted_forms_use_each_directions_own_point():
 
 def test_operator_matches_brute_force_and_handles_linear_parameters():
     loss_fn, params = normed_mlp(seed=3)
-    params = {**params, "offset": torch.tensor(0.3, dtype=torch.float64)}
+    params = {**params, "offset": torch.tensor(0.3, dtype=torch.float64),
+              "unused": torch.ones(2, dtype=torch.float64)}
 
-    def with_offset(p):  # linear in "offset": its Hessian row and column are zero
+    def with_offset(p):  # linear in "offset", "unused" unused: zero Hessian rows and columns
         return loss_fn(p) + 2.0 * p["offset"]
 
     hessian = flat_hessian(with_offset, params)
@@ -48,7 +55,11 @@ def test_operator_matches_brute_force_and_handles_linear_parameters():
     for v in random_directions(params, 2, seed=7).values():
         got = apply(v)
         assert torch.allclose(flatten(got), hessian @ flatten(v), rtol=1e-10, atol=1e-12)
-        assert float(got["offset"]) == 0.0
+        assert float(got["offset"]) == 0.0 and not got["unused"].any()
+    directions = random_directions(params, 2, seed=8)
+    expected = {k: float(flatten(v) @ hessian @ flatten(v) / flatten(v).pow(2).sum())
+                for k, v in directions.items()}
+    assert directional_sharpness(with_offset, params, directions) == pytest.approx(expected)
 
 
 def test_out_of_memory_halves_the_chunk_until_it_fits():
@@ -60,11 +71,27 @@ def test_out_of_memory_halves_the_chunk_until_it_fits():
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return size
 
-    assert _chunked(run, 12, None) == 3
+    assert chunked(run, 12, None) == 3
     assert tried == [None, 6, 3]
 
     def broken(size):
         raise RuntimeError("shape mismatch")
 
     with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not retried
-        _chunked(broken, 12, None)
+        chunked(broken, 12, None)
+
+
+def test_host_chunk_size_follows_the_memory_estimate(monkeypatch):
+    import pipeline.measure.chunking as chunking
+
+    loss_fn, params = normed_mlp()
+    saved = saved_bytes(loss_fn, params)
+    assert saved >= 12 * 6 * 8  # at least the (12, 6) float64 activations are kept for backward
+    monkeypatch.setattr(chunking, "available_host_bytes", lambda: int(2 * 3 * 3.0 * saved))
+    assert default_chunk_size(loss_fn, params, 12) == 3  # half of it, 3 x saved per tangent
+    monkeypatch.setattr(chunking, "available_host_bytes", lambda: int(2 * 9.5 * 3.0 * saved))
+    assert default_chunk_size(loss_fn, params, 12) == 6  # 9 fit: two equal chunks
+    monkeypatch.setattr(chunking, "available_host_bytes", lambda: 1)
+    assert default_chunk_size(loss_fn, params, 12) == 1
+    monkeypatch.setattr(chunking, "available_host_bytes", lambda: 10**15)
+    assert default_chunk_size(loss_fn, params, 12) == 12

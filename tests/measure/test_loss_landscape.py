@@ -58,8 +58,8 @@ def test_scaling_a_direction_does_not_change_its_landscape():
 def test_zero_direction_is_nan_off_the_origin():
     net, loss_fn = module_loss()
     params = {n: p.detach() for n, p in net.named_parameters()}
-    got = loss_landscape(loss_fn, params, {"z": {n: torch.zeros_like(p) for n, p in params.items()}},
-                         [0.0, 0.5])
+    zero = {n: torch.zeros_like(p) for n, p in params.items()}
+    got = loss_landscape(loss_fn, params, {"z": zero}, [0.0, 0.5])
     assert got["z"][0] == float(loss_fn(params)) and math.isnan(got["z"][1])
 
 
