@@ -11,7 +11,8 @@ of three). The chunk size is directional_sharpness's own choice unless --chunk-s
 Usage:
 
     .venv/bin/python benchmarks/bench_sharpness.py [--device cpu|cuda] [--batch 32]
-        [--seq-len 128] [--directions 12] [--repeats 3] [--chunk-size N] [--threads N]
+        [--seq-len 128] [--directions 12] [--repeats 3] [--threads N]
+        [--method auto|forward_over_reverse|double_backward] [--chunk-size N]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from transformers import GPTNeoConfig, GPTNeoForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 from pipeline.measure import directional_sharpness  # noqa: E402
 from pipeline.measure.chunking import default_chunk_size  # noqa: E402
+from pipeline.measure.hvp import resolve_method  # noqa: E402
 
 
 def build(device: str, batch: int, seq_len: int, count: int):
@@ -94,6 +96,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--directions", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--method", default="auto",
+                        choices=["auto", "forward_over_reverse", "double_backward"])
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -101,14 +105,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     params, loss_fn, directions = build(args.device, args.batch, args.seq_len, args.directions)
     count = len(directions)
+    method = resolve_method(args.method, params)
     chunk = args.chunk_size or default_chunk_size(loss_fn, params, count)
     print(f"device={args.device} threads={torch.get_num_threads()} "
           f"params={sum(p.numel() for p in params.values())} batch={args.batch}x{args.seq_len} "
-          f"directions={count} chunk_size={chunk or count}"
-          f"{'' if args.chunk_size else ' (automatic)'}")
+          f"directions={count} method={method}"
+          + (f" chunk_size={chunk or count}{'' if args.chunk_size else ' (automatic)'}"
+             if method == "forward_over_reverse" else ""))
 
     def ours():
-        return directional_sharpness(loss_fn, params, directions, chunk_size=args.chunk_size)
+        return directional_sharpness(loss_fn, params, directions, method=method,
+                                     chunk_size=args.chunk_size)
 
     # Warm-up (first-call costs of torch.func and the allocator), and the agreement check.
     gradient(loss_fn, params)

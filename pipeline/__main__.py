@@ -52,12 +52,30 @@ def sweep_command(args: Sequence[str]) -> int:
     if outcome.aggregate_error:
         print(f"aggregate: {outcome.aggregate_error}", file=sys.stderr)
     else:
-        figures = [p for name, p in outcome.outputs.items() if name.startswith("figure:")]
-        _say(f"tables:  {plan.sweep_dir / 'tables'}/ ({sum(1 for n in outcome.outputs if ':' not in n and n != 'report')} files)")
-        _say(f"figures: {plan.sweep_dir / 'figures'}/ ({len(figures)} files)")
+        from pipeline.schemas import OUTPUT_TABLES
+
+        tables = sum(name in OUTPUT_TABLES for name in outcome.outputs)
+        figures = sum(name.startswith("figure:") for name in outcome.outputs)
+        _say(f"tables:  {plan.sweep_dir / 'tables'}/ ({tables} files)")
+        _say(f"figures: {plan.sweep_dir / 'figures'}/ ({figures} files)")
         _say(f"report:  {outcome.outputs.get('report', plan.sweep_dir / 'report.md')}")
     _say(f"runs:    {browse_hint(plan.tracking_uri)}")
     return 1 if outcome.failed or outcome.aggregate_error else 0
+
+
+def setup_command(args: Sequence[str]) -> int:
+    """Prepare the corpora, then the local tokenizers that the tiny and small presets use."""
+    from pipeline.data.prepare import main as setup_main
+
+    status = setup_main(args)
+    if status != 0 or "--only" in args or any(a in ("-h", "--help") for a in args):
+        return status
+    from pipeline.workloads import warm_tokenizers
+
+    data_dir = args[args.index("--data-dir") + 1] if "--data-dir" in args else None
+    for kind, vocab in warm_tokenizers(data_dir=data_dir):
+        _say(f"tokenizer {kind}-{vocab}: ready")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,9 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return aggregate_main(rest)
     if command == "setup":
-        from pipeline.data.prepare import main as setup_main
-
-        return setup_main(rest)
+        return setup_command(rest)
     return _error(f"unknown command {command!r}; allowed: sweep, aggregate, setup")
 
 

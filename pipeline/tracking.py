@@ -64,6 +64,15 @@ def resolve_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
     return uri
 
 
+def artifact_location(uri: str, name: str) -> str | None:
+    """Beside a SQLite store, <db dir>/mlruns/<experiment>: MLflow's default is ./mlruns of whichever
+    working directory first creates the experiment. None (the server's choice) for other stores."""
+    path = uri.removeprefix("sqlite:///")
+    if not uri.startswith("sqlite:///") or path in ("", ":memory:"):
+        return None
+    return (Path(path).parent / "mlruns" / name).as_uri()
+
+
 def browse_hint(uri: str) -> str:
     """The command (or address) that shows the runs of this store."""
     if uri.startswith(("http://", "https://")):
@@ -98,7 +107,7 @@ def start_sweep(uri: str, name: str, *, tags: Mapping[str, str], description: st
         mlflow = retry_locked(client, uri)
         experiment = retry_locked(mlflow.get_experiment_by_name, name)
         if experiment is None:
-            experiment_id = retry_locked(mlflow.create_experiment, name)
+            experiment_id = retry_locked(mlflow.create_experiment, name, artifact_location=artifact_location(uri, name))
         else:
             experiment_id = experiment.experiment_id
             if experiment.lifecycle_stage == "deleted":  # deleted in the UI: its name is still taken

@@ -67,6 +67,7 @@ def test_mlflow_has_one_child_run_per_trial_under_one_parent(smoke):
         assert run.data.params["steps"] == str(trial["steps"]) and run.data.params["workload.seq_len"] == "32"
         assert [a.path for a in client.list_artifacts(run.info.run_id, "records")] == sorted(
             f"records/{t}.parquet" for t in TRIAL_TABLES[trial["experiment"]])
+        assert (smoke.db.parent / "mlruns" / "smoke" / run.info.run_id / "artifacts" / "records").is_dir()
 
 
 def _history(client, run_id, key):

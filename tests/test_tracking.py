@@ -46,6 +46,8 @@ def test_tracking_uri_defaults_to_mlflow_db_and_is_made_absolute(tmp_path):
     assert tracking.resolve_tracking_uri("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
     assert tracking.resolve_tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
     assert tracking.browse_hint("sqlite:////abs/m.db") == "mlflow ui --backend-store-uri sqlite:////abs/m.db"
+    assert tracking.artifact_location("sqlite:////abs/m.db", "quick") == "file:///abs/mlruns/quick"
+    assert tracking.artifact_location("http://127.0.0.1:5000", "quick") is None
 
 
 def test_an_unusable_store_is_one_line_naming_tracking_uri(tmp_path):
@@ -108,6 +110,7 @@ def test_trial_run_splits_batches_at_mlflows_limits(store, tmp_path):
     assert child.info.status == "FINISHED" and len(child.data.params) == len(tracking.flatten(trial))
     assert count_metric_rows(store)[run.run_id] == 2500
     assert [a.path for a in client.list_artifacts(run.run_id, "records")] == ["records/a.txt"]
+    assert (store.parent / "mlruns" / "limits" / run.run_id / "artifacts" / "records" / "a.txt").is_file()
     assert run.metrics_logged == 2500 and run.seconds > 0
 
 

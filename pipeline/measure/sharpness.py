@@ -19,6 +19,7 @@ from pipeline.measure.hvp import (
     Vector,
     check_chunk_size,
     check_directions,
+    check_method,
     check_loss_fn,
     check_params,
     inner,
@@ -38,34 +39,42 @@ class SharpnessResult:
 
 
 def directional_sharpness(loss_fn: LossFn, params: Mapping[str, Tensor],
-                          directions: Mapping[str, Vector], *,
+                          directions: Mapping[str, Vector], *, method: str = "auto",
                           chunk_size: int | None = None) -> dict[str, float]:
     """label -> v^T H v / ||v||^2, H the Hessian of loss_fn at params (NaN for a zero v).
 
-    All directions share one primal forward and backward (pipeline.measure.hvp); `chunk_size`
-    bounds how many are vmapped at once (None: all, halved on out-of-memory).
+    All directions share one primal forward and backward. `method`: "forward_over_reverse"
+    (vmapped, the default on accelerators), "double_backward" (the default on the host) or
+    "auto"; `chunk_size` bounds how many directions are vmapped at once (None: as many as
+    memory allows). See pipeline.measure.hvp.
     """
     check_loss_fn(loss_fn)
+    check_method(method)
     check_chunk_size(chunk_size)
     params = check_params(params)
     directions = check_directions(directions, params)
     tangents, norms = unit_tangents(directions)
-    values = _forms(loss_fn, params, tangents, norms, chunk_size)
+    values = _forms(loss_fn, params, tangents, norms, method, chunk_size)
     return dict(zip(directions, values.tolist()))
 
 
 def sharpness_with_robust(loss_fn: LossFn, params: Mapping[str, Tensor],
                           directions: Mapping[str, Vector], *, delta: float = 0.01,
+                          method: str = "auto",
                           chunk_size: int | None = None) -> dict[str, SharpnessResult]:
-    """label -> SharpnessResult; negative raw values are re-measured at x + delta v/||v||."""
+    """label -> SharpnessResult; negative raw values are re-measured at x + delta v/||v||.
+
+    `method` and `chunk_size` as for directional_sharpness.
+    """
     check_loss_fn(loss_fn)
+    check_method(method)
     if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
         raise ValueError(f"delta must be a positive finite number; got {delta!r}")
     check_chunk_size(chunk_size)
     params = check_params(params)
     directions = check_directions(directions, params)
     tangents, norms = unit_tangents(directions)
-    raw = _forms(loss_fn, params, tangents, norms, chunk_size).tolist()
+    raw = _forms(loss_fn, params, tangents, norms, method, chunk_size).tolist()
     labels = list(directions)
     negative = [i for i, r in enumerate(raw) if r < 0]
     robust: dict[str, float] = {}
@@ -73,7 +82,8 @@ def sharpness_with_robust(loss_fn: LossFn, params: Mapping[str, Tensor],
         index = torch.tensor(negative, device=norms.device)
         units = {n: t.index_select(0, index) for n, t in tangents.items()}
         shifts = {n: float(delta) * t for n, t in units.items()}
-        values = quadratic_forms(loss_fn, params, units, shifts=shifts, chunk_size=chunk_size)
+        values = quadratic_forms(loss_fn, params, units, shifts=shifts, method=method,
+                                 chunk_size=chunk_size)
         robust = dict(zip((labels[i] for i in negative), values.tolist()))
     return {
         k: SharpnessResult(value=robust.get(k, r), raw=r, robust=k in robust)
@@ -104,11 +114,11 @@ def update_norms(directions: Mapping[str, Vector]) -> dict[str, float]:
     return dict(zip(labels, torch.stack([vector_norm(directions[k]) for k in labels]).tolist()))
 
 
-def _forms(loss_fn: LossFn, params: Vector, tangents: Vector, norms: Tensor,
+def _forms(loss_fn: LossFn, params: Vector, tangents: Vector, norms: Tensor, method: str,
            chunk_size: int | None) -> Tensor:
     """u^T H u for the stacked unit directions, NaN where the direction was zero: (K,) float64."""
     # v^T H v / ||v||^2 = u^T H u with u = v/||v||: tangents of unit size keep float32 in range.
-    forms = quadratic_forms(loss_fn, params, tangents, chunk_size=chunk_size)
+    forms = quadratic_forms(loss_fn, params, tangents, method=method, chunk_size=chunk_size)
     return torch.where(norms > 0, forms, torch.full_like(forms, math.nan))
 
 

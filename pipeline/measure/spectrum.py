@@ -20,6 +20,7 @@ from pipeline.measure.hvp import (
     Vector,
     check_chunk_size,
     check_loss_fn,
+    check_method,
     check_params,
     hessian_vector_products,
     hvp_operator,
@@ -106,25 +107,27 @@ def _top_ritz(alphas: list[float], betas: list[float], beta_next: float) -> tupl
 
 
 def hutchinson_diagonal(loss_fn: LossFn, params: Mapping[str, Tensor], *, samples: int,
-                        generator: torch.Generator | None = None,
+                        generator: torch.Generator | None = None, method: str = "auto",
                         chunk_size: int | None = None) -> dict[str, Tensor]:
     """Estimate of diag(H): mean over Rademacher z of z * Hz (Bekas, Kokiopoulou & Saad 2007)."""
     return hutchinson_diagonal_with_error(loss_fn, params, samples=samples, generator=generator,
-                                          chunk_size=chunk_size)[0]
+                                          method=method, chunk_size=chunk_size)[0]
 
 
 def hutchinson_diagonal_with_error(
     loss_fn: LossFn, params: Mapping[str, Tensor], *, samples: int,
-    generator: torch.Generator | None = None, chunk_size: int | None = None,
+    generator: torch.Generator | None = None, method: str = "auto", chunk_size: int | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """(estimate of diag(H), its standard error per coordinate: sample std / sqrt(samples)).
 
     Each coordinate's sample z_i (Hz)_i = H_ii + sum_{j != i} H_ij z_i z_j has variance
     sum_{j != i} H_ij^2: exact for a diagonal Hessian, noisy where coordinates couple.
-    `chunk_size` bounds how many samples are in flight at once (None: all). The draws are the
-    same whatever the chunk size: sample by sample, parameter by parameter.
+    `chunk_size` bounds how many samples are in flight at once (None: all); `method` is the
+    Hessian-vector product's (pipeline.measure.hvp). The draws are the same whatever the chunk
+    size: sample by sample, parameter by parameter.
     """
     check_loss_fn(loss_fn)
+    check_method(method)
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 2:
         raise ValueError(f"samples must be an int >= 2 (the error needs two); got {samples!r}")
     check_chunk_size(chunk_size)
@@ -138,7 +141,7 @@ def hutchinson_diagonal_with_error(
         count = min(step, samples - begin)
         draws = [{n: _rademacher(p, gen) for n, p in params.items()} for _ in range(count)]
         z = {n: torch.stack([d[n] for d in draws]) for n in params}  # name -> (c, *shape)
-        hz = hessian_vector_products(loss_fn, params, z)
+        hz = hessian_vector_products(loss_fn, params, z, method=method)
         for n in params:
             product = (z[n] * hz[n]).to(torch.float64)  # (c, *shape)
             total[n] += product.sum(0)

@@ -24,13 +24,16 @@ from pipeline.measure import (
 )
 from pipeline.optim import DEFAULT_PROBES, ProbeBank
 
+METHODS = ("forward_over_reverse", "double_backward")
 
-def test_matches_brute_force_hessian_through_layer_and_batch_norm():
+
+@pytest.mark.parametrize("method", METHODS)
+def test_matches_brute_force_hessian_through_layer_and_batch_norm(method):
     loss_fn, params = normed_mlp()
     hessian = flat_hessian(loss_fn, params)
     directions = random_directions(params, 5)
     directions["tiny"] = {n: 1e-7 * t for n, t in directions["d0"].items()}  # scale-free
-    got = directional_sharpness(loss_fn, params, directions)
+    got = directional_sharpness(loss_fn, params, directions, method=method)
     assert list(got) == list(directions)
     for label, v in directions.items():
         flat = flatten(v)
@@ -42,8 +45,9 @@ def test_matches_brute_force_hessian_through_layer_and_batch_norm():
 def test_chunked_equals_unchunked():
     loss_fn, params = normed_mlp(seed=3)
     directions = random_directions(params, 5, seed=4)
-    whole = directional_sharpness(loss_fn, params, directions)
-    chunked = directional_sharpness(loss_fn, params, directions, chunk_size=2)
+    whole = directional_sharpness(loss_fn, params, directions, method="forward_over_reverse")
+    chunked = directional_sharpness(loss_fn, params, directions, method="forward_over_reverse",
+                                    chunk_size=2)
     assert chunked == pytest.approx(whole, rel=1e-12)
 
 
@@ -57,19 +61,22 @@ def test_gpt_neo_probe_bank_directions_match_double_backward():
     directions = bank.directions()
     assert list(directions) == [s.label for s in DEFAULT_PROBES]
     loss_fn = loss_on(batches[0])  # the fixed test batch
-    got = directional_sharpness(loss_fn, params, directions)
+    got = {m: directional_sharpness(loss_fn, params, directions, method=m) for m in METHODS}
     for label, v in directions.items():
-        assert got[label] == pytest.approx(double_backward_sharpness(loss_fn, params, v),
-                                           rel=1e-3), label
-    assert len({round(x, 4) for x in got.values()}) > 6
+        reference = double_backward_sharpness(loss_fn, params, v)
+        for method in METHODS:
+            assert got[method][label] == pytest.approx(reference, rel=1e-3), (method, label)
+    assert got["forward_over_reverse"] == pytest.approx(got["double_backward"], rel=1e-3)
+    assert len({round(x, 4) for x in got["forward_over_reverse"].values()}) > 6
 
 
-def test_gpt_neo_float64_matches_double_backward_and_finite_differences():
+@pytest.mark.parametrize("method", METHODS)
+def test_gpt_neo_float64_matches_double_backward_and_finite_differences(method):
     model, loss_on, params, batches = tiny_gpt_neo(dtype=torch.float64, hidden=16, seq=8, batch=2)
     assert all(p.dtype == torch.float64 for p in params.values())
     loss_fn = loss_on(batches[0])
     directions = random_directions(params, 2, seed=5)
-    got = directional_sharpness(loss_fn, params, directions)
+    got = directional_sharpness(loss_fn, params, directions, method=method)
     for label, v in directions.items():
         assert got[label] == pytest.approx(double_backward_sharpness(loss_fn, params, v),
                                            rel=1e-10), label
@@ -89,7 +96,8 @@ def test_gpt_neo_float64_matches_double_backward_and_finite_differences():
         assert got[label] == pytest.approx(extrapolated, rel=1e-6), label
 
 
-def test_robust_value_used_only_for_negative_curvature():
+@pytest.mark.parametrize("method", METHODS)
+def test_robust_value_used_only_for_negative_curvature(method):
     # loss = sum(x^3): H = diag(6 x). Hand values at x = (-1, 2).
     params = {"x": torch.tensor([-1.0, 2.0], dtype=torch.float64)}
 
@@ -101,7 +109,7 @@ def test_robust_value_used_only_for_negative_curvature():
         "up": {"x": torch.tensor([0.0, 0.5], dtype=torch.float64)},
         "mixed": {"x": torch.tensor([2.0, 1.0], dtype=torch.float64)},
     }
-    got = sharpness_with_robust(loss_fn, params, directions, delta=0.01)
+    got = sharpness_with_robust(loss_fn, params, directions, delta=0.01, method=method)
     assert got["down"] == SharpnessResult(value=pytest.approx(6 * (-1 + 0.01)),
                                           raw=pytest.approx(-6.0), robust=True)
     assert got["up"] == SharpnessResult(value=pytest.approx(12.0), raw=pytest.approx(12.0),
@@ -112,8 +120,8 @@ def test_robust_value_used_only_for_negative_curvature():
     expected = float((6 * shifted * u * u).sum())
     assert got["mixed"].raw == pytest.approx(-2.4)
     assert got["mixed"].robust and got["mixed"].value == pytest.approx(expected, rel=1e-12)
-    assert sharpness_with_robust(loss_fn, params, directions, delta=0.5)["down"].value == (
-        pytest.approx(6 * (-1 + 0.5)))
+    wider = sharpness_with_robust(loss_fn, params, directions, delta=0.5, method=method)
+    assert wider["down"].value == pytest.approx(6 * (-1 + 0.5))
 
 
 def test_zero_direction_gives_nan_not_an_error():
@@ -160,3 +168,5 @@ def test_bad_arguments_are_refused():
                               directions)
     with pytest.raises(ValueError, match="chunk_size"):
         directional_sharpness(lambda p: p["x"].sum(), params, directions, chunk_size=0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        sharpness_with_robust(lambda p: p["x"].sum(), params, directions, method="vhp")

@@ -13,16 +13,17 @@ from pipeline.measure import (
     quadratic_forms,
 )
 from pipeline.measure.chunking import chunked, default_chunk_size, saved_bytes
-from pipeline.measure.hvp import stack
+from pipeline.measure.hvp import resolve_method, stack
 
 
-def test_batched_products_and_forms_match_brute_force():
+@pytest.mark.parametrize("method", ["forward_over_reverse", "double_backward"])
+def test_batched_products_and_forms_match_brute_force(method):
     loss_fn, params = normed_mlp(seed=2)
     hessian = flat_hessian(loss_fn, params)
     vectors = list(random_directions(params, 3).values())
     tangents = stack(vectors)
-    products = hessian_vector_products(loss_fn, params, tangents)
-    forms = quadratic_forms(loss_fn, params, tangents)
+    products = hessian_vector_products(loss_fn, params, tangents, method=method)
+    forms = quadratic_forms(loss_fn, params, tangents, method=method)
     for k, v in enumerate(vectors):
         expected = hessian @ flatten(v)
         got = torch.cat([products[n][k].reshape(-1) for n in params])
@@ -30,7 +31,8 @@ def test_batched_products_and_forms_match_brute_force():
         assert float(forms[k]) == pytest.approx(float(flatten(v) @ expected), rel=1e-10)
 
 
-def test_shifted_forms_use_each_directions_own_point():
+@pytest.mark.parametrize("method", ["forward_over_reverse", "double_backward"])
+def test_shifted_forms_use_each_directions_own_point(method):
     params = {"x": torch.tensor([1.0, -2.0], dtype=torch.float64)}
 
     def loss_fn(p):  # H = diag(6 x)
@@ -38,7 +40,7 @@ def test_shifted_forms_use_each_directions_own_point():
 
     tangents = {"x": torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)}
     shifts = {"x": torch.tensor([[0.5, 0.0], [0.0, -1.0]], dtype=torch.float64)}
-    forms = quadratic_forms(loss_fn, params, tangents, shifts=shifts)
+    forms = quadratic_forms(loss_fn, params, tangents, shifts=shifts, method=method)
     assert forms.tolist() == pytest.approx([6 * 1.5, 6 * -3.0])
 
 
@@ -59,7 +61,9 @@ def test_operator_matches_brute_force_and_handles_linear_parameters():
     directions = random_directions(params, 2, seed=8)
     expected = {k: float(flatten(v) @ hessian @ flatten(v) / flatten(v).pow(2).sum())
                 for k, v in directions.items()}
-    assert directional_sharpness(with_offset, params, directions) == pytest.approx(expected)
+    for method in ("forward_over_reverse", "double_backward"):
+        got = directional_sharpness(with_offset, params, directions, method=method)
+        assert got == pytest.approx(expected), method
 
 
 def test_out_of_memory_halves_the_chunk_until_it_fits():
@@ -95,3 +99,11 @@ def test_host_chunk_size_follows_the_memory_estimate(monkeypatch):
     assert default_chunk_size(loss_fn, params, 12) == 1
     monkeypatch.setattr(chunking, "available_host_bytes", lambda: 10**15)
     assert default_chunk_size(loss_fn, params, 12) == 12
+
+
+def test_auto_method_is_double_backward_on_the_host():
+    params = {"x": torch.zeros(2)}
+    assert resolve_method("auto", params) == "double_backward"
+    assert resolve_method("forward_over_reverse", params) == "forward_over_reverse"
+    with pytest.raises(ValueError, match="method must be one of"):
+        resolve_method("hvp", params)
