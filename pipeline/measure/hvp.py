@@ -152,7 +152,9 @@ def quadratic_forms(loss_fn: LossFn, params: Mapping[str, Tensor], tangents: Vec
         forms = []
         for k in range(_count(tangents)):
             t = _take(tangents, k)
-            apply = shared or hvp_operator(loss_fn, {n: p + shifts[n][k] for n, p in params.items()})
+            if shared is None:  # the robust sharpness: a graph at this direction's own point
+                point = {n: x + shifts[n][k] for n, x in params.items()}
+            apply = shared or hvp_operator(loss_fn, point)
             forms.append(inner(t, apply(t)))
         return torch.stack(forms)
     gradient = grad(loss_fn)
