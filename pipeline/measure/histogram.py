@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from pipeline.measure.hvp import Vector, check_directions, check_params
+from pipeline.measure.hvp import Vector, check_direction_set
 
 
 def update_histogram(directions: Mapping[str, Vector], *, bins: int, lo: float,
@@ -28,12 +28,7 @@ def update_histogram(directions: Mapping[str, Vector], *, bins: int, lo: float,
         raise ValueError(f"bins must be a positive int; got {bins!r}")
     if not (_finite(lo) and _finite(hi) and lo < hi):
         raise ValueError(f"lo and hi must be finite numbers with lo < hi; got lo={lo!r}, hi={hi!r}")
-    if not isinstance(directions, Mapping) or not directions:
-        raise ValueError("directions must be a non-empty mapping label -> (param name -> tensor)")
-    first = next(iter(directions.values()))
-    if not isinstance(first, Mapping) or not first:
-        raise ValueError("directions' values must be non-empty mappings param name -> tensor")
-    directions = check_directions(directions, check_params(first))
+    directions = check_direction_set(directions)
     labels = list(directions)
     counts = torch.stack([_counts(directions[k], bins, float(lo), float(hi)) for k in labels])
     edges = [lo + (hi - lo) * j / bins for j in range(bins + 1)]

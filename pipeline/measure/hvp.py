@@ -45,6 +45,16 @@ def check_params(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {n: p.detach() for n, p in params.items()}
 
 
+def check_direction_set(directions: Mapping) -> dict:
+    """Validates label -> (name -> tensor) where no params are given: against its first entry."""
+    if not isinstance(directions, Mapping) or not directions:
+        raise ValueError("directions must be a non-empty mapping label -> (param name -> tensor)")
+    first = next(iter(directions.values()))
+    if not isinstance(first, Mapping) or not first:
+        raise ValueError("directions' values must be non-empty mappings param name -> tensor")
+    return check_directions(directions, check_params(first))
+
+
 def check_directions(directions: Mapping, params: Mapping[str, Tensor],
                      what: str = "directions") -> dict:
     """Validates label -> (name -> tensor) against params: same names, shapes, dtype and device."""

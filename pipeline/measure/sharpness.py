@@ -18,6 +18,7 @@ from pipeline.measure.hvp import (
     LossFn,
     Vector,
     check_chunk_size,
+    check_direction_set,
     check_directions,
     check_method,
     check_loss_fn,
@@ -104,12 +105,7 @@ def gradient_correlation(grads: Mapping[str, Tensor],
 
 def update_norms(directions: Mapping[str, Vector]) -> dict[str, float]:
     """label -> ||v|| over all of its tensors."""
-    if not isinstance(directions, Mapping) or not directions:
-        raise ValueError("directions must be a non-empty mapping label -> (param name -> tensor)")
-    first = next(iter(directions.values()))
-    if not isinstance(first, Mapping) or not first:
-        raise ValueError("directions' values must be non-empty mappings param name -> tensor")
-    directions = check_directions(directions, check_params(first))
+    directions = check_direction_set(directions)
     labels = list(directions)
     return dict(zip(labels, torch.stack([vector_norm(directions[k]) for k in labels]).tolist()))
 
