@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from pipeline.optim import clip_count, clip_threshold, coordinate_clip
+from timing import timed  # benchmarks/timing.py, beside this script
 
 
 def t5_small_shapes() -> list[torch.Size]:
@@ -49,16 +49,6 @@ def sort_threshold(grads: list[torch.Tensor], fraction: float) -> torch.Tensor:
 def kthvalue_threshold(grads: list[torch.Tensor], fraction: float) -> torch.Tensor:
     flat = torch.cat([g.reshape(-1) for g in grads]).abs_()
     return torch.kthvalue(flat, flat.numel() - clip_count(flat.numel(), fraction)).values
-
-
-def timed(fn, device: str) -> tuple[float, torch.Tensor | list]:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
 
 
 def main() -> None:

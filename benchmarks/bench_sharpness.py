@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 from pipeline.measure import directional_sharpness  # noqa: E402
+from timing import timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 from pipeline.measure.chunking import default_chunk_size  # noqa: E402
 from pipeline.measure.hvp import resolve_method  # noqa: E402
 
@@ -79,16 +79,6 @@ def authors_method(loss_fn, params, directions):
     return out
 
 
-def timed(device: str, fn):
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -128,9 +118,9 @@ def main() -> None:
     per_direction, speedup, rows = [], [], []
     for repeat in range(args.repeats):
         # The fastest of three gradients: a conservative (small) unit on a shared machine.
-        t_grad = min(timed(args.device, lambda: gradient(loss_fn, params))[0] for _ in range(3))
-        t_ours, _ = timed(args.device, ours)
-        t_authors, _ = timed(args.device, lambda: authors_method(loss_fn, params, directions))
+        t_grad = min(timed(lambda: gradient(loss_fn, params), args.device)[0] for _ in range(3))
+        t_ours, _ = timed(ours, args.device)
+        t_authors, _ = timed(lambda: authors_method(loss_fn, params, directions), args.device)
         per_direction.append(t_ours / count / t_grad)
         speedup.append(t_authors / t_ours)
         rows.append((t_grad, t_ours, t_authors))

@@ -51,7 +51,7 @@ def run(trial: Mapping[str, Any], report: Reporter) -> Records:
                     "ratio": float(result["ratio"]),
                     "fraction_removed": float(result["fraction_removed"]),
                     "outlier_factor": factor,
-                    "n_samples": int(gn_batch["input_ids"].shape[0]),
+                    "n_samples": int(result["n_samples"]),
                 }
             )
             metrics.update({f"gn/{k}": rows[-1][k] for k in ("L", "ell", "ratio", "fraction_removed")})
