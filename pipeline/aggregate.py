@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline import tables
+from pipeline import orderings, tables
 from pipeline.records import read_trial_records, rows_to_table, write_table
 from pipeline.schemas import OUTPUT_TABLES
 
@@ -60,6 +60,10 @@ def build_tables(
         out["table1_sharpness_ratio"] = _derived("table1_sharpness_ratio", table1)
     if "smoothness" in present:
         out["table8_smoothness"] = _derived("table8_smoothness", tables.table8_smoothness(rows("smoothness")))
+    if "sharpness" in present or "smoothness" in present:
+        checks = orderings.paper_orderings(table1 if "sharpness" in present else [],
+                                           out["table8_smoothness"].to_pylist() if "smoothness" in present else [])
+        out["orderings"] = _derived("orderings", checks)
     if "curvature" in present:
         joined = tables.curvature_with_sharpness(rows("curvature"), rows("sharpness"))
         out["curvature"] = _derived("curvature", joined)

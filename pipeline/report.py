@@ -30,6 +30,14 @@ TABLE_NOTES = {
     "mean over seeds",
     "table3_convergence": "paper Table 3 layout: per algorithm, unclipped vs clipped best lr, final loss, speed-up",
     "table8_smoothness": "paper Table 8 layout: L, ell, L/ell, eps per measurement point, mean over seeds",
+    "orderings": "the paper's orderings claims checked per workload: at what share of measurement points each "
+    "held, beside what the paper found",
+}
+
+_CLAIMS = {
+    "adaptive_flatter_than_sgd": "adaptive flatter than SGD",
+    "clipping_lowers_sharpness": "clipping lowers sharpness",
+    "few_coordinates_carry_bad_smoothness": "L/ell > 1, few % removed",
 }
 
 
@@ -62,6 +70,26 @@ def _heading(key: Sequence[object]) -> str:
 
 def _image(stem: str, figures: Mapping[str, Path]) -> list[str]:
     return [f"![{stem}](figures/{stem}.png)", ""] if stem in figures else []
+
+
+def _orderings_section(rows: Rows) -> list[str]:
+    out = ["## The paper's orderings, per workload", "",
+           "Each row tests one of the paper's claims at every measurement point (seed means; step 0 left out "
+           "when later points exist): `measured` is the median over points of the quantity in `detail`, "
+           "`held at` the share of points where the claim held, `holds` whether that is a majority. "
+           "`paper` is what the paper found for this kind of model (transformers: yes; the ResNet of App. E: "
+           "adaptive directions are not flatter; `-` where the paper says nothing) and `agrees` compares the "
+           "two (`tables/orderings.parquet`). At laptop scale these are small models trained for a few "
+           "hundred steps: read disagreements as findings at this scale, not as failures of the tool.", ""]
+    header = ["claim", "trajectory", "lr", "subject", "points", "measured", "held at", "holds", "paper", "agrees"]
+    for (workload,), group in sorted(group_rows(rows, ("workload",)).items()):
+        body = [[_CLAIMS.get(r["claim"], r["claim"]), r["trajectory"], fig.lr_text(r["lr"]), r["subject"],
+                 r["n_points"], r["measured"], r["fraction_holding"], r["holds"], r["paper"], r["agrees"]]
+                for r in group]
+        agreed = [r["agrees"] for r in group if r["agrees"] is not None]
+        out += [f"### {workload}: {sum(agreed)} of {len(agreed)} checks agree with the paper", "",
+                markdown_table(header, body), ""]
+    return out
 
 
 def _sharpness_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
@@ -184,6 +212,8 @@ def render_report(tables: Mapping[str, pa.Table], figures: Mapping[str, Path]) -
     out += [f"- `tables/{name}.parquet` ({tables[name].num_rows} rows): {note}"
             for name, note in TABLE_NOTES.items() if name in tables]
     out.append("")
+    if rows.get("orderings"):
+        out += _orderings_section(rows["orderings"])
     if rows.get("table1_sharpness_ratio"):
         out += _sharpness_section(rows["table1_sharpness_ratio"], figures)
     if rows.get("table3_convergence"):

@@ -133,6 +133,17 @@ TABLE8_SMOOTHNESS = TableSpec(
     ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "outlier_factor", "step"),
 )
 
+# The paper's orderings claims checked per workload (pipeline/orderings.py).
+ORDERINGS = TableSpec(
+    "orderings",
+    pa.schema(_fields(
+        ("sweep", STR), ("workload", STR), ("claim", STR), ("trajectory", STR), ("lr", F64, True),
+        ("subject", STR), ("n_points", I64), ("measured", F64, True), ("fraction_holding", F64, True),
+        ("holds", BOOL, True), ("paper", BOOL, True), ("agrees", BOOL, True), ("detail", STR),
+    )),
+    ("workload", "claim", "trajectory", "lr", "subject"),
+)
+
 OUTPUT_TABLES: dict[str, TableSpec] = {
     **{name: spec for name, spec in TRIAL_TABLES.items() if name != "curvature"},
     "curvature": CURVATURE_JOINED,
@@ -140,4 +151,5 @@ OUTPUT_TABLES: dict[str, TableSpec] = {
     "table1_sharpness_ratio": TABLE1_SHARPNESS_RATIO,
     "table3_convergence": TABLE3_CONVERGENCE,
     "table8_smoothness": TABLE8_SMOOTHNESS,
+    "orderings": ORDERINGS,
 }

@@ -109,7 +109,7 @@ def table(sweep_dir, name):
 def test_writes_every_table(sweep):
     sweep_dir, written = sweep
     expected = {"sharpness", "landscape", "histogram", "convergence", "convergence_summary", "curvature",
-                "smoothness", "table1_sharpness_ratio", "table3_convergence", "table8_smoothness"}
+                "smoothness", "table1_sharpness_ratio", "table3_convergence", "table8_smoothness", "orderings"}
     assert set(written) == expected
     assert {p.stem for p in (sweep_dir / "tables").glob("*.parquet")} == expected
     assert len(table(sweep_dir, "convergence")) == sum(len(c) for s in CURVES.values() for c in s.values())

@@ -105,6 +105,11 @@ def test_report_shows_the_numbers(full):
     assert "| adam | 0.001 | 2 | 0 | 1 | 9 | 3 | 3 | 0.01 |" in text
     assert "| 0 | 16 | 2/2 | 0.25 | 0.5 | 0.075 | 0.5 |" in text
     assert "7 trials (convergence: 4, sharpness: 2, smoothness: 1)" in text
+    # Orderings: adam at step 50 (step 0 left out) has ratio 0.15 < 1 on a transformer; Table 8's
+    # L/ell 3 with eps 1% at step 5.
+    assert "### translation: 1 of 1 checks agree with the paper" in text
+    assert "| adaptive flatter than SGD | sgd | 0.1 | adam | 1 | 0.15 | 1 | yes | yes | yes |" in text
+    assert "| L/ell > 1, few % removed | adam | 0.001 | factor 2 | 1 | 3 | 1 | yes | yes | yes |" in text
 
 
 def test_report_is_reproducible(full):

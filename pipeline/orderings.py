@@ -1,0 +1,110 @@
+"""The paper's qualitative claims, checked per workload against a sweep's aggregate tables.
+
+Pan & Li 2023 (arXiv 2306.00204) make three orderings claims that our tables can test:
+
+- Sec. 3, Tables 1 and 4-7: on transformers the adaptive algorithms' update directions are far
+  flatter than SGD's (directional sharpness ratio to SGD below 1); App. E: on a ResNet the
+  advantage disappears, so there the paper expects the ordering NOT to hold.
+- Sec. 4, Tables 1 and 4-7: coordinate-wise clipping lowers each algorithm's directional
+  sharpness (clipped probe below its unclipped twin).
+- App. D, Table 8: a few coordinates carry the bad smoothness: removing the few percent whose
+  Gauss-Newton row norm is an outlier gives ell < L (L/ell > 1 with eps at most a few percent).
+
+Each claim is tested at every measurement point (mean over seeds); a row says at what fraction of
+the points it held and whether that is a majority (`holds`), beside what the paper found
+(`paper`, null where the paper says nothing) and whether the two agree. Step 0 is left out when
+later points exist: there every probe has seen one gradient and Adam, Lion and signSGD coincide.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+
+from pipeline.tables import group_rows
+
+Row = Mapping[str, object]
+
+# The unclipped adaptive probes of paper Table 1 (normalized SGD is not adaptive per coordinate).
+ADAPTIVE_PROBES = ("adam", "adafactor", "lion", "sign_sgd")
+# Workloads that are not transformers; the paper's App. E expects SGD not to be the sharpest there.
+NON_TRANSFORMERS = ("image",)
+# "A few percent" of coordinates removed (paper App. D: under 1% at its factor 4).
+FEW_PERCENT = 0.05
+
+_TRAJ = ("sweep", "workload", "trajectory", "lr")
+
+
+def _points(rows: list[Row]) -> list[Row]:
+    """One row per (step, probe) with its seed mean; step 0 dropped when later steps exist."""
+    unique = {(r["step"], r["probe"]): r for r in rows if r["ratio_mean"] is not None}
+    later = [r for r in unique.values() if r["step"] > 0]
+    return later or list(unique.values())
+
+
+def _finite(values: Iterable[float]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def _row(key: tuple, claim: str, subject: str, values: list[float], holding: list[bool],
+         paper: bool | None, detail: str) -> dict[str, object]:
+    sweep, workload, trajectory, lr = key
+    fraction = sum(holding) / len(holding) if holding else None
+    holds = None if fraction is None else fraction > 0.5
+    return {
+        "sweep": sweep, "workload": workload, "claim": claim, "trajectory": trajectory, "lr": lr,
+        "subject": subject, "n_points": len(holding), "measured": statistics.median(values) if values else None,
+        "fraction_holding": fraction, "holds": holds, "paper": paper,
+        "agrees": None if holds is None or paper is None else holds == paper, "detail": detail,
+    }
+
+
+def _clipped_twin(label: str, labels: set[str]) -> str | None:
+    """The unclipped probe a clipped one is compared with: adam_clipupdate0.5 -> adam."""
+    base = label.split("_clip", 1)[0]
+    return base if base != label and base in labels else None
+
+
+def sharpness_orderings(table1: Iterable[Row]) -> list[dict[str, object]]:
+    """Claims 1 and 2 from paper Table 1's layout (pipeline.tables.table1_sharpness_ratio rows)."""
+    out = []
+    for key, group in sorted(group_rows(table1, _TRAJ).items(), key=lambda kv: str(kv[0])):
+        points = _points(group)
+        by = {(r["step"], r["probe"]): float(r["ratio_mean"]) for r in points}
+        labels = {p for _, p in by}
+        transformer = key[1] not in NON_TRANSFORMERS
+        for probe in (p for p in ADAPTIVE_PROBES if p in labels):
+            values = _finite(v for (_, p), v in sorted(by.items()) if p == probe)
+            out.append(_row(key, "adaptive_flatter_than_sgd", probe, values, [v < 1 for v in values],
+                            transformer, "median sharpness ratio to SGD over steps; holds where < 1"))
+        for probe in sorted(labels):
+            twin = _clipped_twin(probe, labels)
+            if twin is None:
+                continue
+            steps = sorted(s for s, p in by if p == probe and (s, twin) in by)
+            # A zero unclipped sharpness leaves the point undecided: counted, not holding.
+            ratios = [by[(s, probe)] / by[(s, twin)] if by[(s, twin)] != 0 else math.nan for s in steps]
+            out.append(_row(key, "clipping_lowers_sharpness", f"{probe} vs {twin}", _finite(ratios),
+                            [math.isfinite(v) and v < 1 for v in ratios], True if transformer else None,
+                            "median sharpness ratio clipped / unclipped over steps; holds where < 1"))
+    return out
+
+
+def smoothness_orderings(table8: Iterable[Row]) -> list[dict[str, object]]:
+    """Claim 3 from paper Table 8's layout (pipeline.tables.table8_smoothness rows)."""
+    out = []
+    for key, group in sorted(group_rows(table8, _TRAJ + ("outlier_factor",)).items(), key=lambda kv: str(kv[0])):
+        later = [r for r in group if r["step"] > 0] or group
+        ratios = _finite(r["ratio"] for r in later)
+        holding = [float(r["ratio"]) > 1 and float(r["fraction_removed"]) <= FEW_PERCENT for r in later]
+        eps = max(float(r["fraction_removed"]) for r in later)
+        out.append(_row(key[:4], "few_coordinates_carry_bad_smoothness", f"factor {key[4]:g}", ratios, holding,
+                        True, f"median L/ell over steps (max eps {eps:.2%}); holds where L/ell > 1 and "
+                        f"eps <= {FEW_PERCENT:.0%}"))
+    return out
+
+
+def paper_orderings(table1: Iterable[Row], table8: Iterable[Row]) -> list[dict[str, object]]:
+    """All three claims, per workload (rows of pipeline.schemas.ORDERINGS)."""
+    return sharpness_orderings(table1) + smoothness_orderings(table8)
