@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
 
-from pipeline.config_yaml import ConfigError, apply_overrides, parse_yaml
+from pipeline.config_yaml import ConfigError, apply_overrides, read_config_file
 from pipeline.experiments import EXPERIMENTS
 from pipeline.optim import ALGORITHMS, make_rule
 from pipeline.workloads import WORKLOADS
@@ -122,13 +122,7 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*")
 
 def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> SweepConfig:
     """Read, override and validate a sweep config; raises ConfigError (one line) on bad input."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: {'is a directory' if path.is_dir() else 'no such config file'}")
-    raw = parse_yaml(path.read_text(), str(path))
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top, got {type(raw).__name__}")
-    return validate(apply_overrides(raw, overrides))
+    return validate(apply_overrides(read_config_file(Path(path)), overrides))
 
 
 def validate(raw: dict) -> SweepConfig:

@@ -1,9 +1,11 @@
-"""Reading sweep configs: YAML with duplicate-key checks, and dotted `key.path=value` overrides."""
+"""Reading sweep configs: YAML with duplicate-key checks, `include:` of other configs' experiments,
+and dotted `key.path=value` overrides."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -44,6 +46,43 @@ def parse_yaml(text: str, source: str) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{source}: malformed YAML{where}: {problem}") from None
+
+
+def read_config_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The mapping a config file holds, `include:` resolved.
+
+    `include: [a.yaml, b.yaml]` (paths relative to the including file) puts the experiments of
+    those configs, in order, before the file's own; every other setting of an included file
+    (name, results_dir, ...) is ignored: the including file's own settings apply. So conf/quick.yaml
+    is the four conf/quick_<workload>.yaml sweeps run as one, with no block written twice.
+    """
+    if not path.is_file():
+        raise ConfigError(f"{path}: {'is a directory' if path.is_dir() else 'no such config file'}")
+    raw = parse_yaml(path.read_text(), str(path))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top, got {type(raw).__name__}")
+    if "include" not in raw:
+        return raw
+    includes = raw.pop("include")
+    includes = [includes] if isinstance(includes, str) else includes
+    if not isinstance(includes, list) or not all(isinstance(i, str) and i for i in includes):
+        raise ConfigError(f"{path}: include: expected a list of config file paths relative to this file")
+    own = raw.get("experiments", [])
+    if not isinstance(own, list):
+        raise ConfigError(f"{path}: experiments: expected a list of experiment blocks")
+    experiments: list = []
+    for name in includes:
+        target = (path.parent / name).resolve()
+        if target in chain or target == path.resolve():
+            raise ConfigError(f"{path}: include: {name} includes itself (an include cycle)")
+        if not target.is_file():
+            raise ConfigError(f"{path}: include: {name}: no such config file (looked at {target})")
+        blocks = read_config_file(target, chain + (path.resolve(),)).get("experiments")
+        if not isinstance(blocks, list):
+            raise ConfigError(f"{target}: experiments: expected a list of experiment blocks to include")
+        experiments += blocks
+    raw["experiments"] = experiments + own
+    return raw
 
 
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:

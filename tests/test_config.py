@@ -129,6 +129,46 @@ def test_file_errors_name_the_file(tmp_path):
         load_config(scalar)
 
 
+def _blocks(*names):
+    return [{"experiment": "sharpness", "label": n, "workload": {"name": "causal_lm", "size": "tiny"},
+             "steps": 2, "algorithms": {"sgd": {"lr": 0.1}}} for n in names]
+
+
+def test_include_splices_experiments_in_order(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.yaml").write_text(yaml.safe_dump({"name": "a", "results_dir": "elsewhere",
+                                                             "experiments": _blocks("a1", "a2")}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"name": "b", "include": ["sub/a.yaml"],
+                                                     "experiments": _blocks("b1")}))
+    top = tmp_path / "top.yaml"
+    top.write_text(yaml.safe_dump({"name": "top", "include": ["b.yaml"], "experiments": _blocks("t1")}))
+    config = load_config(top, ["experiments.3.steps=5"])
+    assert [b.label for b in config.experiments] == ["a1", "a2", "b1", "t1"]
+    assert config.name == "top" and config.results_dir == "results"  # included settings ignored
+    assert config.experiments[3].steps == 5  # overrides index the spliced list
+    only = tmp_path / "only.yaml"
+    only.write_text("name: only\ninclude: sub/a.yaml\n")  # no own experiments; a single path
+    assert [b.label for b in load_config(only).experiments] == ["a1", "a2"]
+
+
+def test_include_errors_name_the_file(tmp_path):
+    top = tmp_path / "top.yaml"
+    top.write_text("name: t\ninclude: [missing.yaml]\n")
+    with pytest.raises(ConfigError, match=r"top\.yaml: include: missing\.yaml: no such config file"):
+        load_config(top)
+    top.write_text("name: t\ninclude: [loop.yaml]\n")
+    (tmp_path / "loop.yaml").write_text("name: l\ninclude: [top.yaml]\n")
+    with pytest.raises(ConfigError, match="include cycle"):
+        load_config(top)
+    top.write_text("name: t\ninclude: {a: 1}\n")
+    with pytest.raises(ConfigError, match="include: expected a list"):
+        load_config(top)
+    top.write_text("name: t\ninclude: [noexp.yaml]\n")
+    (tmp_path / "noexp.yaml").write_text("name: n\n")
+    with pytest.raises(ConfigError, match=r"noexp\.yaml: experiments: expected a list"):
+        load_config(top)
+
+
 def _set(raw: dict, path: str, value) -> dict:
     raw = copy.deepcopy(raw)
     return apply_overrides(raw, [f"{path}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
