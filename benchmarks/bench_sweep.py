@@ -1,6 +1,6 @@
 """Overhead of the sweep machinery: Ray Tune + MLflow + records vs a plain loop over the same trials.
 
-    python benchmarks/bench_sweep.py                      # conf/quick.yaml, 3 repeats
+    python benchmarks/bench_sweep.py                      # conf/quick_causal_lm.yaml, 3 repeats
     python benchmarks/bench_sweep.py --smoke --repeats 2  # conf/smoke.yaml
     python benchmarks/bench_sweep.py --config conf/x.yaml experiments.0.steps=20
 
@@ -67,7 +67,7 @@ def sweep_once(config_path: Path, overrides: list[str], cores: int) -> dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "conf" / "quick.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "conf" / "quick_causal_lm.yaml")
     parser.add_argument("--smoke", action="store_true", help="use conf/smoke.yaml")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
