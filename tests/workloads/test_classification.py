@@ -74,7 +74,9 @@ def test_functional_loss(snippets, assert_functional_loss_matches):
 def test_padding_never_enters_the_loss():
     """Junk ids at padded positions and extra padding columns change nothing: the loss equals
     that of each review run alone, unpadded."""
-    w = build_workload(SNIPPETS, seed=0, device="cpu")
+    # Room for 5 padding columns beyond seq_len (tiny models have exactly seq_len positions).
+    spec = {**SNIPPETS, "model": {"max_position_embeddings": SNIPPETS["seq_len"] + 5}}
+    w = build_workload(spec, seed=0, device="cpu")
     model, batch = w.model.eval(), w.test_batch
     with torch.no_grad():  # a fresh head gives ~equal logits whatever the input: sharpen it
         model.classifier.weight.mul_(1000.0)
@@ -91,6 +93,12 @@ def test_padding_never_enters_the_loss():
         assert float(alone.std(dim=0).max()) > 0.05  # the logits do depend on the input
         reference = torch.nn.functional.cross_entropy(alone.double(), batch["labels"])
         assert float(w.loss(padded)) == pytest.approx(float(reference), rel=1e-5)
+
+
+def test_from_config_positions_are_the_ones_used():
+    # Unused position rows would be zero-gradient coordinates that skew the global clip's tau.
+    assert build().model.config.max_position_embeddings == SPEC["seq_len"]
+    assert build(seq_len=24).model.config.max_position_embeddings == 24
 
 
 def test_float64_is_float64_throughout(assert_float64_exact):
