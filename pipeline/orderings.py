@@ -66,6 +66,19 @@ def _clipped_twin(label: str, labels: set[str]) -> str | None:
     return base if base != label and base in labels else None
 
 
+def median_ratios(table1: Iterable[Row]) -> dict[tuple, float]:
+    """(sweep, workload, trajectory, lr, probe) -> median over the measurement points (step 0
+    left out when later ones exist) of the seed-mean sharpness ratio to SGD: the report's glance."""
+    out = {}
+    for key, group in group_rows(table1, _TRAJ).items():
+        points = _points(group)
+        for probe in {r["probe"] for r in points}:
+            values = _finite(r["ratio_mean"] for r in points if r["probe"] == probe)
+            if values:
+                out[(*key, probe)] = statistics.median(values)
+    return out
+
+
 def sharpness_orderings(table1: Iterable[Row]) -> list[dict[str, object]]:
     """Claims 1 and 2 from paper Table 1's layout (pipeline.tables.table1_sharpness_ratio rows)."""
     out = []

@@ -9,6 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline import figures as fig
+from pipeline.optim import DEFAULT_PROBES
+from pipeline.orderings import median_ratios
 from pipeline.records import atomic_write_bytes
 from pipeline.tables import FINAL_WINDOW, group_rows, mean, trajectory_label
 
@@ -89,6 +91,25 @@ def _orderings_section(rows: Rows) -> list[str]:
         agreed = [r["agrees"] for r in group if r["agrees"] is not None]
         out += [f"### {workload}: {sum(agreed)} of {len(agreed)} checks agree with the paper", "",
                 markdown_table(header, body), ""]
+    return out
+
+
+def _glance_section(rows: Rows) -> list[str]:
+    out = ["## Sharpness ratio to SGD at a glance", "",
+           "Per workload, the median over measurement points (step 0 left out when later points exist) of "
+           "each probe's seed-mean directional sharpness divided by SGD's; one table per training "
+           "trajectory. Below 1: a flatter direction than SGD's. The full tables per step and seed follow.", ""]
+    medians = median_ratios(rows)
+    order = {s.label: i for i, s in enumerate(DEFAULT_PROBES)}
+    for (trajectory,), group in sorted(group_rows(rows, ("trajectory",)).items()):
+        columns = sorted({(r["workload"], r["lr"]) for r in group}, key=lambda c: (c[0], c[1] is None, c[1] or 0.0))
+        several = {w for w, _ in columns if sum(1 for c in columns if c[0] == w) > 1}
+        header = ["probe"] + [f"{w} lr {fig.lr_text(lr)}" if w in several else w for w, lr in columns]
+        probes = sorted({r["probe"] for r in group}, key=lambda p: (order.get(p, len(order)), p))
+        sweeps = {(r["workload"], r["lr"]): r["sweep"] for r in group}
+        body = [[p, *[medians.get((sweeps[c], c[0], trajectory, c[1], p)) for c in columns]] for p in probes]
+        lrs = ", ".join(f"{w} {fig.lr_text(lr)}" for w, lr in columns)
+        out += [f"### trajectory {trajectory} (lr: {lrs})", "", markdown_table(header, body), ""]
     return out
 
 
@@ -215,6 +236,7 @@ def render_report(tables: Mapping[str, pa.Table], figures: Mapping[str, Path]) -
     if rows.get("orderings"):
         out += _orderings_section(rows["orderings"])
     if rows.get("table1_sharpness_ratio"):
+        out += _glance_section(rows["table1_sharpness_ratio"])
         out += _sharpness_section(rows["table1_sharpness_ratio"], figures)
     if rows.get("table3_convergence"):
         out += _convergence_section(rows["table3_convergence"], figures)

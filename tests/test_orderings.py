@@ -85,3 +85,11 @@ def test_smoothness_needs_both_a_ratio_above_one_and_few_removed():
 def test_factors_are_separate_rows():
     rows = [t8(10, 3.0, 0.01, factor=2.0), t8(10, 1.0, 0.0, factor=4.0)]
     assert {r["subject"]: r["holds"] for r in paper_orderings([], rows)} == {"factor 2": True, "factor 4": False}
+
+
+def test_median_ratios_per_probe_leave_out_step_zero():
+    from pipeline.orderings import median_ratios
+
+    rows = [t1("image", 0, "adam", 9.0), t1("image", 50, "adam", 0.2), t1("image", 100, "adam", 0.4),
+            t1("image", 200, "adam", 0.3), t1("image", 50, "lion", None)]
+    assert median_ratios(rows) == {("s", "image", "sgd", 0.1, "adam"): pytest.approx(0.3)}

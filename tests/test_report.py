@@ -108,6 +108,10 @@ def test_report_shows_the_numbers(full):
     # Orderings: adam at step 50 (step 0 left out) has ratio 0.15 < 1 on a transformer; Table 8's
     # L/ell 3 with eps 1% at step 5.
     assert "### translation: 1 of 1 checks agree with the paper" in text
+    # At a glance: one column per workload, the median over steps > 0 of the seed means.
+    glance = text.split("## Sharpness ratio to SGD at a glance")[1].split("\n## ")[0]
+    assert "### trajectory sgd (lr: translation 0.1)" in glance
+    assert "| probe | translation |" in glance and "| sgd | 1 |\n| adam | 0.15 |" in glance
     assert "| adaptive flatter than SGD | sgd | 0.1 | adam | 1 | 0.15 | 1 | yes | yes | yes |" in text
     assert "| L/ell > 1, few % removed | adam | 0.001 | factor 2 | 1 | 3 | 1 | yes | yes | yes |" in text
 
