@@ -30,7 +30,7 @@ Row = Mapping[str, object]
 ADAPTIVE_PROBES = ("adam", "adafactor", "lion", "sign_sgd")
 # Workloads that are not transformers; the paper's App. E expects SGD not to be the sharpest there.
 NON_TRANSFORMERS = ("image",)
-# "A few percent" of coordinates removed (paper App. D: under 1% at its factor 4).
+# "A few percent" of coordinates removed: the paper's words (App. D); the 5% line is ours.
 FEW_PERCENT = 0.05
 
 _TRAJ = ("sweep", "workload", "trajectory", "lr")

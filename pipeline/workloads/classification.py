@@ -122,7 +122,7 @@ def _model(spec: Mapping[str, Any], vocab: int, pad: int) -> BertForSequenceClas
         # unused position rows have zero gradient, and with the tiny model's untied word
         # embeddings they made ~40% of all coordinates zero, so Adam's clip at k = 0.5 (tau = the
         # median |g|) cut nearly everything (the paper's BERT uses all 512 positions).
-        **{"max_position_embeddings": 512 if spec["size"] == "paper" else spec["seq_len"],
+        **{"max_position_embeddings": max(512, spec["seq_len"]) if spec["size"] == "paper" else spec["seq_len"],
            **DIMS[spec["size"]], **spec["model"]},
     )
     return BertForSequenceClassification(config).train()
