@@ -118,14 +118,19 @@ def _model(spec: Mapping[str, Any], vocab: int, pad: int) -> BertForSequenceClas
     config = BertConfig(
         vocab_size=vocab, pad_token_id=pad, num_labels=2,
         attn_implementation="eager",  # eager: double backward and forward-mode AD (DATA.md)
-        # bert-base's 512 positions at paper size; tiny/small get exactly the positions they use:
-        # unused position rows have zero gradient, and with the tiny model's untied word
-        # embeddings they made ~40% of all coordinates zero, so Adam's clip at k = 0.5 (tau = the
-        # median |g|) cut nearly everything (the paper's BERT uses all 512 positions).
-        **{"max_position_embeddings": max(512, spec["seq_len"]) if spec["size"] == "paper" else spec["seq_len"],
-           **DIMS[spec["size"]], **spec["model"]},
+        **{"max_position_embeddings": _positions(spec), **DIMS[spec["size"]], **spec["model"]},
     )
     return BertForSequenceClassification(config).train()
+
+
+def _positions(spec: Mapping[str, Any]) -> int:
+    """bert-base's 512 positions at paper size; tiny/small get exactly the positions they use.
+
+    Unused position rows have zero gradient: with the tiny model's untied word embeddings they
+    made ~40% of all coordinates zero, so Adam's clip at k = 0.5 (tau = the median |g|) cut
+    nearly everything (the paper's BERT uses all 512 positions).
+    """
+    return max(512, spec["seq_len"]) if spec["size"] == "paper" else spec["seq_len"]
 
 
 register("classification", WorkloadDefinition(
