@@ -36,11 +36,17 @@ FEW_PERCENT = 0.05
 _TRAJ = ("sweep", "workload", "trajectory", "lr")
 
 
-def _points(rows: list[Row]) -> list[Row]:
-    """One row per (step, probe) with its seed mean; step 0 dropped when later steps exist."""
-    unique = {(r["step"], r["probe"]): r for r in rows if r["ratio_mean"] is not None}
-    later = [r for r in unique.values() if r["step"] > 0]
-    return later or list(unique.values())
+def _series(table1: Iterable[Row]) -> dict[tuple, dict[str, dict[int, float]]]:
+    """Trajectory key -> probe -> step -> seed-mean ratio to SGD; step 0 dropped when later steps exist."""
+    out = {}
+    for key, group in group_rows(table1, _TRAJ).items():
+        unique = {(r["step"], r["probe"]): float(r["ratio_mean"]) for r in group if r["ratio_mean"] is not None}
+        later = {k: v for k, v in unique.items() if k[0] > 0}
+        series: dict[str, dict[int, float]] = {}
+        for (step, probe), ratio in sorted((later or unique).items()):
+            series.setdefault(probe, {})[step] = ratio
+        out[key] = series
+    return out
 
 
 def _finite(values: Iterable[float]) -> list[float]:
@@ -69,35 +75,28 @@ def _clipped_twin(label: str, labels: set[str]) -> str | None:
 def median_ratios(table1: Iterable[Row]) -> dict[tuple, float]:
     """(sweep, workload, trajectory, lr, probe) -> median over the measurement points (step 0
     left out when later ones exist) of the seed-mean sharpness ratio to SGD: the report's glance."""
-    out = {}
-    for key, group in group_rows(table1, _TRAJ).items():
-        points = _points(group)
-        for probe in {r["probe"] for r in points}:
-            values = _finite(r["ratio_mean"] for r in points if r["probe"] == probe)
-            if values:
-                out[(*key, probe)] = statistics.median(values)
-    return out
+    return {(*key, probe): statistics.median(values)
+            for key, series in _series(table1).items() for probe, by_step in series.items()
+            if (values := _finite(by_step.values()))}
 
 
 def sharpness_orderings(table1: Iterable[Row]) -> list[dict[str, object]]:
     """Claims 1 and 2 from paper Table 1's layout (pipeline.tables.table1_sharpness_ratio rows)."""
     out = []
-    for key, group in sorted(group_rows(table1, _TRAJ).items(), key=lambda kv: str(kv[0])):
-        points = _points(group)
-        by = {(r["step"], r["probe"]): float(r["ratio_mean"]) for r in points}
-        labels = {p for _, p in by}
+    for key, series in sorted(_series(table1).items(), key=lambda kv: str(kv[0])):
         transformer = key[1] not in NON_TRANSFORMERS
-        for probe in (p for p in ADAPTIVE_PROBES if p in labels):
-            values = _finite(v for (_, p), v in sorted(by.items()) if p == probe)
+        for probe in (p for p in ADAPTIVE_PROBES if p in series):
+            values = _finite(series[probe].values())
             out.append(_row(key, "adaptive_flatter_than_sgd", probe, values, [v < 1 for v in values],
                             transformer, "median sharpness ratio to SGD over steps; holds where < 1"))
-        for probe in sorted(labels):
-            twin = _clipped_twin(probe, labels)
+        for probe in sorted(series):
+            twin = _clipped_twin(probe, set(series))
             if twin is None:
                 continue
-            steps = sorted(s for s, p in by if p == probe and (s, twin) in by)
+            base = series[twin]
+            steps = sorted(set(series[probe]) & set(base))
             # A zero unclipped sharpness leaves the point undecided: counted, not holding.
-            ratios = [by[(s, probe)] / by[(s, twin)] if by[(s, twin)] != 0 else math.nan for s in steps]
+            ratios = [series[probe][s] / base[s] if base[s] != 0 else math.nan for s in steps]
             out.append(_row(key, "clipping_lowers_sharpness", f"{probe} vs {twin}", _finite(ratios),
                             [math.isfinite(v) and v < 1 for v in ratios], True if transformer else None,
                             "median sharpness ratio clipped / unclipped over steps; holds where < 1"))
