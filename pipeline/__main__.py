@@ -22,24 +22,25 @@ def _say(line: str) -> None:
 
 
 def sweep_command(args: Sequence[str]) -> int:
-    """Validate everything (config, overrides, results directory) before Ray starts, then run."""
+    """Validate everything (config, overrides, results directory) before Ray starts, then run,
+    then the aggregate stage and the report."""
     if args and args[0] in ("-h", "--help"):
         print(USAGE)
         return 0
     if not args or args[0].startswith("-"):
         return _error(f"sweep: expected a config file, got {list(args)}; usage: python -m pipeline sweep CONFIG [key.path=value ...]")
     from pipeline.config import ConfigError, load_config
+    from pipeline.runner import plan_sweep
 
     try:
         config = load_config(args[0], args[1:])
-        from pipeline import sweep
-
-        plan = sweep.prepare(config)
+        plan = plan_sweep(config)
     except ConfigError as err:
         return _error(str(err))
-    total = len(plan.trials) + len(plan.done)
-    _say(f"sweep {config.name}: {total} trials ({len(plan.trials)} to run) -> {plan.sweep_dir}")
-    from pipeline.tracking import TrackingError, browse_hint
+    layout = plan.layout
+    _say(f"sweep {config.name}: {plan.total} trials ({len(plan.trials)} to run) -> {layout.sweep_dir}")
+    from pipeline import sweep
+    from pipeline.tracking import TrackingError
 
     try:
         outcome = sweep.run(plan, log=_say)
@@ -49,18 +50,47 @@ def sweep_command(args: Sequence[str]) -> int:
         print(f"FAILED {trial_id}: {line}", file=sys.stderr)
     _say(f"sweep {config.name}: {len(outcome.finished)} finished, {len(outcome.failed)} failed, "
          f"{len(plan.done)} done earlier, {outcome.seconds:.0f} s")
-    if outcome.aggregate_error:
-        print(f"aggregate: {outcome.aggregate_error}", file=sys.stderr)
-    else:
-        from pipeline.schemas import OUTPUT_TABLES
+    try:
+        outputs = _aggregate_and_report(layout)
+    except ValueError as err:
+        print(f"aggregate: {err}", file=sys.stderr)
+        return 1
+    _say(f"tables:  {layout.tables_dir}/ ({outputs['tables']} files)")
+    _say(f"figures: {layout.figures_dir}/ ({outputs['figures']} files)")
+    _say(f"report:  {layout.report_path}")
+    _say(f"runs:    {plan.tracker.browse_hint()}")
+    return 1 if outcome.failed else 0
 
-        tables = sum(name in OUTPUT_TABLES for name in outcome.outputs)
-        figures = sum(name.startswith("figure:") for name in outcome.outputs)
-        _say(f"tables:  {plan.sweep_dir / 'tables'}/ ({tables} files)")
-        _say(f"figures: {plan.sweep_dir / 'figures'}/ ({figures} files)")
-        _say(f"report:  {outcome.outputs.get('report', plan.sweep_dir / 'report.md')}")
-    _say(f"runs:    {browse_hint(plan.tracking_uri)}")
-    return 1 if outcome.failed or outcome.aggregate_error else 0
+
+def _aggregate_and_report(layout) -> dict[str, int]:
+    """The aggregate stage, then the report from its tables; ValueError when there are no records."""
+    from pipeline.aggregate import aggregate
+    from pipeline.report import write_report  # matplotlib is only needed here
+
+    tables = aggregate(layout)
+    written = write_report(layout, tables)
+    return {"tables": len(tables), "figures": sum(name.startswith("figure:") for name in written)}
+
+
+AGGREGATE_USAGE = "usage: python -m pipeline aggregate RESULTS_DIR   (RESULTS_DIR = <results_dir>/<sweep name>)"
+
+
+def aggregate_command(args: Sequence[str]) -> int:
+    """Re-run the aggregate stage and the report of a sweep directory."""
+    if args and args[0] in ("-h", "--help"):
+        print(AGGREGATE_USAGE)
+        return 0
+    if len(args) != 1 or args[0].startswith("-"):
+        return _error(f"expected exactly one argument RESULTS_DIR, got {list(args)}; {AGGREGATE_USAGE}")
+    from pipeline.aggregate import resolve_layout
+
+    try:
+        layout = resolve_layout(args[0])
+        outputs = _aggregate_and_report(layout)
+    except (ValueError, OSError) as err:
+        return _error(str(err))
+    _say(f"{layout.sweep_dir}: {outputs['tables']} tables, {outputs['figures']} figures, report {layout.report_path}")
+    return 0
 
 
 def setup_command(args: Sequence[str]) -> int:
@@ -87,9 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "sweep":
         return sweep_command(rest)
     if command == "aggregate":
-        from pipeline.aggregate import main as aggregate_main
-
-        return aggregate_main(rest)
+        return aggregate_command(rest)
     if command == "setup":
         return setup_command(rest)
     return _error(f"unknown command {command!r}; allowed: sweep, aggregate, setup")

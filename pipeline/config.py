@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
 
 from pipeline.config_yaml import ConfigError, apply_overrides, read_config_file
-from pipeline.experiments import EXPERIMENTS
-from pipeline.optim import ALGORITHMS, make_rule
-from pipeline.workloads import WORKLOADS
-from pipeline.workloads.base import validate_workload_spec
+from pipeline.labels import DEFAULT_PROBES, EXPERIMENTS, SETTING_KEY, ClipTarget, Fraction, ProbeSpec, optimizer_label
+from pipeline.layout import ResultsLayout
+from pipeline.workloads import WORKLOADS, validate_workload_spec
 
 
 def _as_list(value: Any) -> Any:
@@ -25,8 +25,6 @@ def _as_list(value: Any) -> Any:
 PosInt = Annotated[StrictInt, Field(gt=0)]
 NonNegInt = Annotated[StrictInt, Field(ge=0)]
 PosFloat = Annotated[StrictFloat, Field(gt=0)]
-Fraction = Annotated[StrictFloat, Field(ge=0, le=1)]
-ClipTarget = Literal["grad", "update"]
 # Grid axes: a list, or a scalar for a one-point axis.
 LrAxis = Annotated[list[PosFloat | None], BeforeValidator(_as_list)]
 FractionAxis = Annotated[list[Fraction], BeforeValidator(_as_list)]
@@ -49,36 +47,36 @@ class Resources(_Strict):
     gpu: Annotated[StrictFloat, Field(ge=0)] = 0.0  # a fraction shares one GPU between trials
 
 
-class ProbeFields(_Strict):
-    """One probe optimizer, as pipeline.optim.ProbeSpec."""
-
-    label: str
-    algorithm: str
-    clip_fraction: Fraction = 0.0
-    clip_target: ClipTarget = "grad"
-    lr: PosFloat | None = 1.0
-    hparams: dict[str, Any] = {}
+def _default_probes(value: Any) -> Any:
+    return DEFAULT_PROBES if value in (None, "default") else value
 
 
 class Measure(_Strict):
-    """When and how an experiment measures; unset keys take the experiment's own defaults."""
+    """When and how an experiment measures; every default is here (experiments read no other)."""
 
-    at: list[NonNegInt] | None = None
+    at: list[NonNegInt] | None = None  # measurement steps; with neither `at` nor `every`: 0 and the last
     every: PosInt | None = None
-    landscape_offsets: list[StrictFloat] | None = None
-    histogram_bins: PosInt | None = None
-    histogram_lo: StrictFloat | None = None
-    histogram_hi: StrictFloat | None = None
-    robust_delta: PosFloat | None = None
-    # "default" (or unset): the paper's twelve probes (pipeline.optim.DEFAULT_PROBES)
-    probes: Annotated[list[ProbeFields] | None, BeforeValidator(lambda v: None if v == "default" else v)] = None
-    curvature: StrictBool | None = None
-    lanczos_iters: PosInt | None = None
-    lanczos_tol: PosFloat | None = None
-    hutchinson_samples: PosInt | None = None
-    topk_fraction: Annotated[StrictFloat, Field(gt=0, le=1)] | None = None
-    outlier_factor: PosFloat | None = None
-    gn_samples: PosInt | None = None
+    # Offsets s along v/||v|| (parameter-space distance) of the 1-D landscape; 0 is the reference loss.
+    landscape_offsets: tuple[StrictFloat, ...] = (-0.2, -0.1, -0.05, 0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+    histogram_bins: PosInt = 40  # log10(|v_i| / ||v||_inf) from histogram_lo to histogram_hi
+    histogram_lo: StrictFloat = -8.0
+    histogram_hi: StrictFloat = 0.0
+    robust_delta: PosFloat = 0.01  # the shift of the robust sharpness, x + delta v/||v||
+    # "default" (or unset): the paper's twelve probes (pipeline.labels.DEFAULT_PROBES)
+    probes: Annotated[tuple[ProbeSpec, ...], BeforeValidator(_default_probes)] = DEFAULT_PROBES
+    curvature: StrictBool = False  # top Hessian eigenvalue and |g| vs |H_ii| rank correlation
+    lanczos_iters: PosInt = 20
+    lanczos_tol: PosFloat = 1e-3
+    hutchinson_samples: PosInt = 8
+    topk_fraction: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.1
+    outlier_factor: PosFloat = 4.0  # Gauss-Newton: rows >= factor x the mean row norm are removed
+    gn_samples: PosInt = 16
+
+    def steps(self, steps: int) -> list[int]:
+        """The steps at which an experiment measures: `at`, or every N, within [0, steps]."""
+        if self.at is not None:
+            return sorted({s for s in self.at if 0 <= s <= steps})
+        return list(range(0, steps + 1, self.every or max(steps, 1)))
 
 
 class AlgorithmGrid(_Strict):
@@ -99,6 +97,50 @@ class ExperimentBlock(_Strict):
     algorithms: dict[str, AlgorithmGrid]
 
 
+class Trial(_Strict):
+    """One point of the sweep grid: everything a trial needs, typed once (docs/architecture.md)."""
+
+    sweep: str
+    trial_id: str
+    experiment: str
+    label: str | None = None  # the block's label, when it has one
+    workload: dict[str, Any]  # the validated spec, defaults filled in
+    algorithm: str  # the training optimizer (the trajectory, for sharpness)
+    clip_fraction: float = 0.0
+    clip_target: ClipTarget = "grad"
+    lr: float | None  # None: Adafactor's relative step
+    hparams: dict[str, Any] = {}  # passed to make_optimizer
+    seed: int = 0
+    steps: int
+    device: str = "auto"
+    measure: Measure = Measure()
+    eval_every: int | None = None  # convergence: test-batch loss every N steps
+
+    @property
+    def trajectory(self) -> str:
+        return optimizer_label(self.algorithm, self.clip_fraction, self.clip_target)
+
+    @property
+    def workload_name(self) -> str:
+        return self.workload["name"]
+
+    def identity(self) -> dict[str, Any]:
+        """The identifying columns of every row this trial writes (pipeline.schemas.IDENTIFYING)."""
+        return {"trial_id": self.trial_id, "sweep": self.sweep, "experiment": self.experiment,
+                **{k: getattr(self, k) for k in SETTING_KEY if k not in ("sweep", "workload")},
+                "workload": self.workload_name, "lr": self.lr, "seed": self.seed}
+
+    def to_json(self) -> dict[str, Any]:
+        """The trial as JSON data (the done mark holds it); Trial.model_validate reads it back."""
+        return self.model_dump(mode="json")
+
+    def params(self) -> dict[str, Any]:
+        """The settings as tracking params: the probes as their labels."""
+        data = self.to_json()
+        data["measure"]["probes"] = [p["label"] for p in data["measure"]["probes"]]
+        return data
+
+
 class SweepConfig(_Strict):
     name: str
     description: str | None = None
@@ -111,8 +153,13 @@ class SweepConfig(_Strict):
     experiments: list[ExperimentBlock]
 
     @property
-    def sweep_dir(self) -> Path:
-        return Path(self.results_dir).expanduser().absolute() / self.name
+    def layout(self) -> ResultsLayout:
+        return ResultsLayout.of(self.results_dir, self.name)
+
+    @cached_property
+    def trials(self) -> tuple[Trial, ...]:
+        """The grid, expanded once (validate() fills this), in config order."""
+        return tuple(trial for block in self.experiments for trial in _block_trials(self, block))
 
 
 # Gauss-Newton smoothness needs a two-class sequence classifier (paper App. D: BERT on IMDB).
@@ -138,18 +185,21 @@ def validate(raw: dict) -> SweepConfig:
     if not config.experiments:
         raise ConfigError("experiments: empty list, so the grid has no trials")
     seen: dict[str, int] = {}
+    trials: list[Trial] = []
     for index, block in enumerate(config.experiments):
         where = f"experiments.{index}"
         _check_block(where, block)
         try:
-            trials = _block_trials(config, block)
+            block_trials = _block_trials(config, block)
         except ValueError as err:  # the workload's own spec checks (pipeline.workloads)
             raise ConfigError(f"{where}.{err}") from None
-        for trial in trials:
-            if trial["trial_id"] in seen:
-                raise ConfigError(f"{where}: trial id {trial['trial_id']!r} repeats one of "
-                                  f"experiments.{seen[trial['trial_id']]}; give one block a distinct `label`")
-            seen[trial["trial_id"]] = index
+        for trial in block_trials:
+            if trial.trial_id in seen:
+                raise ConfigError(f"{where}: trial id {trial.trial_id!r} repeats one of "
+                                  f"experiments.{seen[trial.trial_id]}; give one block a distinct `label`")
+            seen[trial.trial_id] = index
+        trials += block_trials
+    config.__dict__["trials"] = tuple(trials)  # the cached_property: the grid is expanded once
     return config
 
 
@@ -200,7 +250,13 @@ def _check_block(where: str, block: ExperimentBlock) -> None:
             raise ConfigError(f"{where}.{key}: empty {'mapping' if isinstance(values, dict) else 'list'}, so the grid has no trials")
     optimizers = [(f"algorithms.{a}", a, _points(g), g.hparams) for a, g in block.algorithms.items()]
     optimizers += [(f"measure.probes.{i}", p.algorithm, [(p.lr, p.clip_fraction, p.clip_target)], p.hparams)
-                   for i, p in enumerate(block.measure.probes or [])]
+                   for i, p in enumerate(block.measure.probes)]
+    labels = [p.label for p in block.measure.probes]
+    if len(set(labels)) < len(labels):
+        raise ConfigError(f"{where}.measure.probes: labels must be unique; repeated: "
+                          f"{sorted({x for x in labels if labels.count(x) > 1})}")
+    from pipeline.optim import ALGORITHMS, make_rule  # torch: only when a config is validated
+
     for key, algorithm, points, hparams in optimizers:
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"{where}.{key}: unknown algorithm {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
@@ -234,13 +290,6 @@ def _workload(block: ExperimentBlock, config: SweepConfig) -> dict[str, Any]:
     return spec
 
 
-def optimizer_label(algorithm: str, clip_fraction: float, clip_target: str) -> str:
-    """Named like pipeline.optim's probe labels: sgd, sgd_clip0.1, adam_clipupdate0.5."""
-    if clip_fraction == 0:
-        return algorithm
-    return f"{algorithm}_clip{'update' if clip_target == 'update' else ''}{clip_fraction:g}"
-
-
 def trial_id(block: ExperimentBlock, algorithm: str, lr: float | None, fraction: float, target: str, seed: int) -> str:
     """Readable, unique and filesystem-safe: [label-]experiment-workload-optimizer-lr-seed."""
     parts = [block.label, block.experiment, block.workload["name"], optimizer_label(algorithm, fraction, target),
@@ -248,31 +297,15 @@ def trial_id(block: ExperimentBlock, algorithm: str, lr: float | None, fraction:
     return "-".join(p for p in parts if p)
 
 
-def expand(config: SweepConfig) -> list[dict[str, Any]]:
-    """The grid as trial dicts (docs/architecture.md), in config order."""
-    return [trial for block in config.experiments for trial in _block_trials(config, block)]
-
-
-def _block_trials(config: SweepConfig, block: ExperimentBlock) -> list[dict[str, Any]]:
+def _block_trials(config: SweepConfig, block: ExperimentBlock) -> list[Trial]:
     workload = validate_workload_spec(_workload(block, config))
-    measure = block.measure.model_dump(exclude_none=True)
     return [
-        {
-            "sweep": config.name,
-            "trial_id": trial_id(block, algorithm, lr, fraction, target, seed),
-            "experiment": block.experiment,
-            "workload": workload,
-            "algorithm": algorithm,
-            "clip_fraction": float(fraction),
-            "clip_target": target,
-            "lr": lr,
-            "hparams": dict(grid.hparams),
-            "seed": seed,
-            "steps": block.steps,
-            "device": config.device,
-            "measure": measure,
-            "eval_every": block.eval_every,
-        }
+        Trial(
+            sweep=config.name, trial_id=trial_id(block, algorithm, lr, fraction, target, seed),
+            experiment=block.experiment, label=block.label, workload=workload, algorithm=algorithm,
+            clip_fraction=float(fraction), clip_target=target, lr=lr, hparams=dict(grid.hparams), seed=seed,
+            steps=block.steps, device=config.device, measure=block.measure, eval_every=block.eval_every,
+        )
         for algorithm, grid in block.algorithms.items()
         for lr, fraction, target in _points(grid)
         for seed in dict.fromkeys(block.seeds)  # a repeated seed is the same trial

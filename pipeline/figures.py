@@ -13,11 +13,12 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipeline.records import atomic_write_bytes
-from pipeline.tables import group_rows, mean, sample_std, trajectory_label
+from pipeline.atomic import atomic_write_bytes
+from pipeline.labels import TRAJECTORY_KEY, optimizer_label
+from pipeline.tables import group_rows, mean, sample_std
 
 Rows = list[dict[str, object]]
-TRAJECTORY = ("workload", "algorithm", "clip_fraction", "clip_target", "lr")
+TRAJECTORY = TRAJECTORY_KEY[1:]  # (workload, algorithm, clip_fraction, clip_target, lr): one sweep's figures
 _DPI = 100
 
 
@@ -30,7 +31,7 @@ def figure_stem(kind: str, workload: str, algorithm: str | None = None, clip_fra
     """Deterministic, filesystem-safe file stem: <kind>_<workload>[_<trajectory>_lr<lr>]."""
     parts = [kind, workload]
     if algorithm is not None:
-        parts += [trajectory_label(algorithm, clip_fraction, clip_target), "lr" + ("rel" if lr is None else f"{lr:g}")]
+        parts += [optimizer_label(algorithm, clip_fraction, clip_target), "lr" + ("rel" if lr is None else f"{lr:g}")]
     return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts))
 
 
@@ -70,7 +71,7 @@ def _positive(values: Sequence[float]) -> bool:
 
 def _title(key: Sequence[object]) -> str:
     workload, algorithm, clip_fraction, clip_target, lr = key
-    return f"{workload}: trained with {trajectory_label(algorithm, clip_fraction, clip_target)}, lr {lr_text(lr)}"
+    return f"{workload}: trained with {optimizer_label(algorithm, clip_fraction, clip_target)}, lr {lr_text(lr)}"
 
 
 def landscape(rows: Rows) -> dict[tuple, Figure]:
@@ -195,7 +196,7 @@ def loss_curves(convergence: Rows, summary: Rows) -> dict[tuple, Figure]:
         fig = Figure(figsize=(7, 4.5), layout="constrained")
         ax = fig.subplots()
         runs = group_rows(group, ("algorithm", "clip_fraction", "clip_target"))
-        colors = _colors([trajectory_label(*k) for k in sorted(runs)])
+        colors = _colors([optimizer_label(*k) for k in sorted(runs)])
         for k in sorted(runs):
             lr = best.get((workload, *k))
             by_step = group_rows([r for r in runs[k] if r["lr"] == lr], ("step",))
@@ -203,7 +204,7 @@ def loss_curves(convergence: Rows, summary: Rows) -> dict[tuple, Figure]:
             losses = [[r["train_loss"] for r in by_step[(s,)]] for s in steps]
             mu = [mean(v) for v in losses]
             sd = [sample_std(v) or 0.0 for v in losses]
-            label = trajectory_label(*k)
+            label = optimizer_label(*k)
             ax.plot(steps, mu, label=f"{label} (lr {lr_text(lr)})", color=colors[label])
             ax.fill_between(steps, [m - s for m, s in zip(mu, sd)], [m + s for m, s in zip(mu, sd)],
                             color=colors[label], alpha=0.2, linewidth=0)

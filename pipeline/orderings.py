@@ -22,12 +22,11 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping
 
+from pipeline.labels import ADAPTIVE_PROBES, parse_label
 from pipeline.tables import group_rows
 
 Row = Mapping[str, object]
 
-# The unclipped adaptive probes of paper Table 1 (normalized SGD is not adaptive per coordinate).
-ADAPTIVE_PROBES = ("adam", "adafactor", "lion", "sign_sgd")
 # Workloads that are not transformers; the paper's App. E expects SGD not to be the sharpest there.
 NON_TRANSFORMERS = ("image",)
 # "A few percent" of coordinates removed: the paper's words (App. D); the 5% line is ours.
@@ -68,8 +67,11 @@ def _row(key: tuple, claim: str, subject: str, values: list[float], holding: lis
 
 def _clipped_twin(label: str, labels: set[str]) -> str | None:
     """The unclipped probe a clipped one is compared with: adam_clipupdate0.5 -> adam."""
-    base = label.split("_clip", 1)[0]
-    return base if base != label and base in labels else None
+    try:
+        algorithm, fraction, _ = parse_label(label)
+    except ValueError:  # a config's own probe label, not an optimizer label: no twin
+        return None
+    return algorithm if fraction != 0 and algorithm in labels else None
 
 
 def median_ratios(table1: Iterable[Row]) -> dict[tuple, float]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.atomic import atomic_write_bytes
+from pipeline.layout import ResultsLayout
 from pipeline.schemas import IDENTIFYING_COLUMNS, OUTPUT_TABLES, TRIAL_TABLES, TableSpec
 
 Records = Mapping[str, Sequence[Mapping[str, object]]]
@@ -25,7 +26,6 @@ __all__ = [
     "TRIAL_TABLES",
     "Records",
     "TableSpec",
-    "atomic_write_bytes",
     "identifying_values",
     "read_trial_records",
     "rows_to_table",
@@ -38,18 +38,12 @@ __all__ = [
 _WRITE_OPTIONS = {"compression": "zstd", "use_dictionary": True, "write_statistics": True}
 
 
-def identifying_values(trial: Mapping[str, object]) -> dict[str, object]:
-    """The identifying columns of a trial's rows, taken from its trial dict (docs/architecture.md)."""
-    missing = [name for name in IDENTIFYING_COLUMNS if name not in trial]
+def identifying_values(identity: Mapping[str, object]) -> dict[str, object]:
+    """A trial's identifying columns (pipeline.config.Trial.identity), checked and in schema order."""
+    missing = [name for name in IDENTIFYING_COLUMNS if name not in identity]
     if missing:
-        raise ValueError(f"trial: missing key(s) {missing}; a trial dict needs {list(IDENTIFYING_COLUMNS)}")
-    workload = trial["workload"]
-    if isinstance(workload, Mapping):
-        if "name" not in workload:
-            raise ValueError("trial: 'workload' is a spec without a 'name' key")
-        workload = workload["name"]
-    values = {name: trial[name] for name in IDENTIFYING_COLUMNS}
-    values["workload"] = workload
+        raise ValueError(f"trial: missing key(s) {missing}; a trial's identity needs {list(IDENTIFYING_COLUMNS)}")
+    values = {name: identity[name] for name in IDENTIFYING_COLUMNS}
     schema = TRIAL_TABLES["convergence"].schema
     for name, value in values.items():
         _check_value("trial", name, schema.field(name), value)
@@ -128,24 +122,6 @@ def _sorted(spec: TableSpec, data: pa.Table) -> pa.Table:
     return data.sort_by([(k, "ascending", "at_end") for k in keys])
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a hidden temp file in the same directory, fsync, then os.replace: readers see
-    either the old file or the whole new one, never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # os.open, not mkstemp: mode 0o666 under the umask, so other readers of shared storage can read it.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_table(table: str | TableSpec, data: pa.Table, path: str | os.PathLike[str]) -> Path:
     """Write one table atomically, cast to its schema and sorted: same rows, same bytes.
 
@@ -166,15 +142,15 @@ def write_table(table: str | TableSpec, data: pa.Table, path: str | os.PathLike[
 
 
 def write_trial_records(
-    trial_dir: str | os.PathLike[str], trial: Mapping[str, object], records: Records
+    records_dir: str | os.PathLike[str], identity: Mapping[str, object], records: Records
 ) -> list[Path]:
-    """Write a trial's records to ``<trial_dir>/records/<table>.parquet``, one file per table.
+    """Write a trial's records to ``<records_dir>/<table>.parquet``, one file per table.
 
     Rows carry only the experiment's own columns; the trial's identifying columns are added here.
     Every table is validated before any file is written, so bad rows leave no partial records.
     A table given with no rows is still written (empty), so the aggregate stage knows it ran.
     """
-    ident = identifying_values(trial)
+    ident = identifying_values(identity)
     built: dict[str, pa.Table] = {}
     for table in sorted(records):
         if table not in TRIAL_TABLES:
@@ -184,7 +160,7 @@ def write_trial_records(
             raise ValueError(f"records: table {table!r} must be a list of row dicts, not {type(rows).__name__}")
         rows_to_table(table, rows, identifying=False)  # checks the experiment's own columns
         built[table] = rows_to_table(table, [{**ident, **row} for row in rows], identifying=True)
-    out = Path(trial_dir) / "records"
+    out = Path(records_dir)
     return [write_table(TRIAL_TABLES[table], data, out / f"{table}.parquet") for table, data in built.items()]
 
 
@@ -199,15 +175,14 @@ def _read_parquet(table: str, path: Path) -> pa.Table:
         raise ValueError(f"records file {path}: does not match the {table!r} schema ({err})") from err
 
 
-def read_trial_records(sweep_dir: str | os.PathLike[str]) -> dict[str, pa.Table]:
-    """Every trial's records under ``<sweep_dir>/trials/*/records``, concatenated per table.
+def read_trial_records(layout: ResultsLayout) -> dict[str, pa.Table]:
+    """Every trial's records (pipeline.layout), concatenated per table.
 
     Tables come back sorted by their key columns (trial first), so the result does not depend on
     the order in which trials finished. Only tables with at least one file appear.
     """
-    trials = Path(sweep_dir) / "trials"
     parts: dict[str, list[pa.Table]] = {}
-    for path in sorted(trials.glob("*/records/*.parquet")):
+    for path in layout.record_files():
         table = path.stem
         if table not in TRIAL_TABLES:
             raise ValueError(f"records file {path}: unknown table {table!r}; trial tables are {list(TRIAL_TABLES)}")

@@ -9,10 +9,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline import figures as fig
-from pipeline.optim import DEFAULT_PROBES
+from pipeline.atomic import atomic_write_bytes
+from pipeline.labels import optimizer_label, probe_sort_key
+from pipeline.layout import ResultsLayout
 from pipeline.orderings import median_ratios
-from pipeline.records import atomic_write_bytes
-from pipeline.tables import FINAL_WINDOW, group_rows, mean, trajectory_label
+from pipeline.tables import FINAL_WINDOW, group_rows, mean
 
 Rows = list[dict[str, object]]
 
@@ -67,7 +68,7 @@ def _trajectories(rows: Rows) -> list[tuple[tuple, Rows]]:
 
 def _heading(key: Sequence[object]) -> str:
     workload, algorithm, clip_fraction, clip_target, lr = key
-    return f"### {workload}: trajectory {trajectory_label(algorithm, clip_fraction, clip_target)}, lr {fig.lr_text(lr)}"
+    return f"### {workload}: trajectory {optimizer_label(algorithm, clip_fraction, clip_target)}, lr {fig.lr_text(lr)}"
 
 
 def _image(stem: str, figures: Mapping[str, Path]) -> list[str]:
@@ -100,12 +101,11 @@ def _glance_section(rows: Rows) -> list[str]:
            "each probe's seed-mean directional sharpness divided by SGD's; one table per training "
            "trajectory. Below 1: a flatter direction than SGD's. The full tables per step and seed follow.", ""]
     medians = median_ratios(rows)
-    order = {s.label: i for i, s in enumerate(DEFAULT_PROBES)}
     for (trajectory,), group in sorted(group_rows(rows, ("trajectory",)).items()):
         columns = sorted({(r["workload"], r["lr"]) for r in group}, key=lambda c: (c[0], c[1] is None, c[1] or 0.0))
         several = {w for w, _ in columns if sum(1 for c in columns if c[0] == w) > 1}
         header = ["probe"] + [f"{w} lr {fig.lr_text(lr)}" if w in several else w for w, lr in columns]
-        probes = sorted({r["probe"] for r in group}, key=lambda p: (order.get(p, len(order)), p))
+        probes = sorted({r["probe"] for r in group}, key=probe_sort_key)
         sweeps = {(r["workload"], r["lr"]): r["sweep"] for r in group}
         body = [[p, *[medians.get((sweeps[c], c[0], trajectory, c[1], p)) for c in columns]] for p in probes]
         lrs = ", ".join(f"{w} {fig.lr_text(lr)}" for w, lr in columns)
@@ -150,7 +150,7 @@ def _convergence_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
         for r in sorted(group, key=lambda r: (r["algorithm"], r["clip_fraction"] or 0.0, r["clip_target"] or "")):
             clip = None
             if r["clip_fraction"] is not None:
-                clip = trajectory_label(r["algorithm"], r["clip_fraction"], r["clip_target"])
+                clip = optimizer_label(r["algorithm"], r["clip_fraction"], r["clip_target"])
             body.append([
                 r["algorithm"], _lr_cell(r["lr"], r["final_loss_mean"]), _pm(r["final_loss_mean"], r["final_loss_std"]),
                 clip, _lr_cell(r["clip_lr"], r["clip_final_loss_mean"]),
@@ -258,19 +258,18 @@ def _count(values: Sequence[str]) -> dict[str, int]:
     return counts
 
 
-def write_report(sweep_dir: str | Path, tables: Mapping[str, pa.Table]) -> dict[str, Path]:
-    """Render the figures into <sweep_dir>/figures/ and write <sweep_dir>/report.md (atomically).
+def write_report(layout: ResultsLayout, tables: Mapping[str, pa.Table]) -> dict[str, Path]:
+    """Render the figures into the layout's figures/ and write its report.md (atomically).
 
     Returns "report" and "figure:<stem>" -> path. PNGs in figures/ that this run did not render
     (stale, from an earlier aggregation) are removed so the report never links old data.
     """
-    sweep_dir = Path(sweep_dir)
-    figure_dir = sweep_dir / "figures"
+    figure_dir = layout.figures_dir
     figures = fig.render_figures(tables, figure_dir)
     if figure_dir.is_dir():
         for png in figure_dir.glob("*.png"):
             if png.stem not in figures:
                 png.unlink()
-    report = sweep_dir / "report.md"
+    report = layout.report_path
     atomic_write_bytes(report, render_report(tables, figures).encode())
     return {"report": report, **{f"figure:{stem}": path for stem, path in figures.items()}}

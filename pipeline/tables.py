@@ -10,6 +10,8 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
+from pipeline.labels import SETTING_KEY, TRAJECTORY_KEY, optimizer_label
+
 Row = Mapping[str, object]
 
 # Final loss of a run = mean train loss over its last FINAL_WINDOW logged steps: one minibatch
@@ -18,14 +20,6 @@ FINAL_WINDOW = 5
 # The unclipped run reaches its own final loss at its last step in exact arithmetic; allow for
 # the rounding between "mean over seeds of window means" and "window mean of the mean curve".
 _REACH_RTOL = 1e-9
-
-
-def trajectory_label(algorithm: str, clip_fraction: float, clip_target: str) -> str:
-    """Training optimizer label in the probe-label style: sgd, sgd_clip0.1, adam_clipupdate0.5."""
-    if clip_fraction == 0:
-        return algorithm
-    kind = "clip" if clip_target == "grad" else f"clip{clip_target}"
-    return f"{algorithm}_{kind}{clip_fraction:g}"
 
 
 def _lr_key(lr: float | None) -> tuple[bool, float]:
@@ -58,7 +52,6 @@ def group_rows(rows: Iterable[Row], keys: Sequence[str]) -> dict[tuple, list[Row
 
 # --- convergence -----------------------------------------------------------------------------
 
-_RUN_KEYS = ("sweep", "workload", "algorithm", "clip_fraction", "clip_target")
 
 
 def _final(losses: Sequence[float], window: int) -> float:
@@ -113,7 +106,7 @@ def convergence_summary(rows: Iterable[Row], *, final_window: int = FINAL_WINDOW
     if final_window < 1:
         raise ValueError(f"final_window: must be >= 1, got {final_window}")
     best: dict[tuple, dict[str, object]] = {}
-    for key, group in sorted(group_rows(rows, _RUN_KEYS).items()):
+    for key, group in sorted(group_rows(rows, SETTING_KEY).items()):
         by_lr = group_rows(group, ("lr",))
         results = {}
         for (lr,), lr_rows in by_lr.items():
@@ -190,22 +183,19 @@ def table3_convergence(summary: Sequence[Row]) -> list[dict[str, object]]:
 
 # --- sharpness, smoothness, curvature --------------------------------------------------------
 
-_TRAJ_KEYS = ("sweep", "workload", "algorithm", "clip_fraction", "clip_target", "lr")
-
-
 def table1_sharpness_ratio(rows: Iterable[Row]) -> list[dict[str, object]]:
     """Paper Tables 1, 4-7: per trajectory, step and probe, each seed's ratio to SGD and their mean.
 
     ratio_mean averages the seeds whose ratio is not null; n_seeds counts those seeds.
     """
     out = []
-    for key, group in group_rows(rows, _TRAJ_KEYS + ("step", "probe")).items():
+    for key, group in group_rows(rows, TRAJECTORY_KEY + ("step", "probe")).items():
         ratios = [float(r["ratio_to_sgd"]) for r in group if r["ratio_to_sgd"] is not None]
         ratio_mean = mean(ratios) if ratios else None
         for r in group:
             out.append({
-                **{k: r[k] for k in _TRAJ_KEYS + ("step", "probe", "seed", "ratio_to_sgd")},
-                "trajectory": trajectory_label(r["algorithm"], r["clip_fraction"], r["clip_target"]),
+                **{k: r[k] for k in TRAJECTORY_KEY + ("step", "probe", "seed", "ratio_to_sgd")},
+                "trajectory": optimizer_label(r["algorithm"], r["clip_fraction"], r["clip_target"]),
                 "ratio_mean": ratio_mean, "n_seeds": len(ratios),
             })
     return out
@@ -217,11 +207,11 @@ def table8_smoothness(rows: Iterable[Row]) -> list[dict[str, object]]:
     ``ratio`` is the mean of each seed's L/ell (not the ratio of the means).
     """
     out = []
-    for key, group in group_rows(rows, _TRAJ_KEYS + ("outlier_factor", "step")).items():
+    for key, group in group_rows(rows, TRAJECTORY_KEY + ("outlier_factor", "step")).items():
         first = group[0]
         out.append({
-            **{k: first[k] for k in _TRAJ_KEYS + ("outlier_factor", "step")},
-            "trajectory": trajectory_label(first["algorithm"], first["clip_fraction"], first["clip_target"]),
+            **{k: first[k] for k in TRAJECTORY_KEY + ("outlier_factor", "step")},
+            "trajectory": optimizer_label(first["algorithm"], first["clip_fraction"], first["clip_target"]),
             "n_seeds": len(group),
             **{col: mean([float(r[col]) for r in group]) for col in ("L", "ell", "ratio", "fraction_removed")},
         })

@@ -1,4 +1,9 @@
-"""MLflow tracking: the store and the sweep's parent run (driver), one child run per trial (workers)."""
+"""Tracking: a small interface (Tracker -> SweepRun -> TrialRun) and its MLflow implementation.
+
+The driver opens the tracker and starts the sweep's run before any trial (it creates the store);
+the SweepRun is picklable and travels to the trials, which each start one TrialRun. Nothing else in
+the package talks to MLflow: another store is another implementation of these three protocols.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+if TYPE_CHECKING:
+    from pipeline.config import Trial
 
 T = TypeVar("T")
 
@@ -42,13 +50,62 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be reached or written: one line naming `tracking_uri`."""
 
 
+class TrialRun(Protocol):
+    """One trial's run: step metrics, artifacts, an end status."""
+
+    seconds: float  # wall time spent in tracking calls
+    metrics_logged: int
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
+    def log_artifacts(self, paths: Iterable[Path], artifact_path: str) -> None: ...
+    def end(self, status: str = "FINISHED") -> None: ...
+
+
+class SweepRun(Protocol):
+    """A sweep's run, created by the driver; picklable, so that trials on any node can use it."""
+
+    def start_trial(self, trial: Trial) -> TrialRun: ...
+    def end(self, status: str) -> None: ...
+
+
+class Tracker(Protocol):
+    """A tracking store."""
+
+    uri: str
+
+    def start_sweep(self, name: str, *, tags: Mapping[str, str], description: str | None = None) -> SweepRun: ...
+    def browse_hint(self) -> str: ...
+
+
+def open_tracker(uri: str | None) -> Tracker:
+    """The tracker for a config's `tracking_uri` (None: MLflow's own default SQLite store here)."""
+    return MlflowTracker(resolve_tracking_uri(uri))
+
+
 @dataclass(frozen=True)
-class TrackingTarget:
-    """Where trials log: everything a worker process needs, created by the driver."""
+class MlflowTracker:
+    uri: str
+
+    def start_sweep(self, name: str, *, tags: Mapping[str, str], description: str | None = None) -> MlflowSweepRun:
+        return start_sweep(self.uri, name, tags=tags, description=description)
+
+    def browse_hint(self) -> str:
+        return browse_hint(self.uri)
+
+
+@dataclass(frozen=True)
+class MlflowSweepRun:
+    """The sweep's parent run: everything a worker process needs to log its trial under it."""
 
     uri: str
     experiment_id: str
     parent_run_id: str
+
+    def start_trial(self, trial: Trial) -> MlflowTrialRun:
+        return MlflowTrialRun(self, trial)
+
+    def end(self, status: str) -> None:
+        retry_locked(client(self.uri).set_terminated, self.parent_run_id, status)
 
 
 def resolve_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
@@ -100,7 +157,7 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
-def start_sweep(uri: str, name: str, *, tags: Mapping[str, str], description: str | None = None) -> TrackingTarget:
+def start_sweep(uri: str, name: str, *, tags: Mapping[str, str], description: str | None = None) -> MlflowSweepRun:
     """Driver side, before any trial: create the store (SQLite schema creation races between
     trial processes: "duplicate column name: step"), the experiment and the sweep's parent run."""
     try:
@@ -119,20 +176,12 @@ def start_sweep(uri: str, name: str, *, tags: Mapping[str, str], description: st
     except Exception as err:
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise TrackingError(f"tracking_uri: cannot use {uri}: {first}") from err
-    return TrackingTarget(uri, experiment_id, run.info.run_id)
+    return MlflowSweepRun(uri, experiment_id, run.info.run_id)
 
 
-def end_run(uri: str, run_id: str, status: str) -> None:
-    retry_locked(client(uri).set_terminated, run_id, status)
-
-
-def trial_tags(trial: Mapping[str, Any], trajectory: str) -> dict[str, str]:
-    workload = trial["workload"]
-    tags = {
-        "workload": workload["name"] if isinstance(workload, Mapping) else workload,
-        "trajectory": trajectory,
-        **{k: trial[k] for k in ("sweep", "trial_id", "experiment", "algorithm", "clip_fraction", "clip_target", "lr", "seed")},
-    }
+def trial_tags(trial: Trial) -> dict[str, str]:
+    """The trial's identifying values and its trajectory label, as run tags ("Group by" in the UI)."""
+    tags = {**trial.identity(), "trajectory": trial.trajectory}
     return {k: "relative_step" if v is None and k == "lr" else str(v) for k, v in tags.items()}
 
 
@@ -173,24 +222,24 @@ class MetricStride:
         return held
 
 
-class TrialRun:
+class MlflowTrialRun:
     """One trial's child run: tags and params at creation, step metrics in batches, artifacts.
 
     `seconds` adds up the wall time spent in MLflow calls (benchmarks/bench_sweep.py reports it
     as a fraction of trial time).
     """
 
-    def __init__(self, target: TrackingTarget, trial: Mapping[str, Any], *, trajectory: str) -> None:
+    def __init__(self, sweep: MlflowSweepRun, trial: Trial) -> None:
         self.seconds = 0.0
         self.metrics_logged = 0
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
-        self._stride = MetricStride(int(trial.get("steps") or 1))
-        self._client = self._timed(client, target.uri)
-        tags = {MLFLOW_PARENT_RUN_ID: target.parent_run_id, MLFLOW_RUN_NAME: trial["trial_id"], **trial_tags(trial, trajectory)}
-        run = self._timed(self._client.create_run, target.experiment_id, run_name=trial["trial_id"], tags=tags)
+        self._stride = MetricStride(max(trial.steps, 1))
+        self._client = self._timed(client, sweep.uri)
+        tags = {MLFLOW_PARENT_RUN_ID: sweep.parent_run_id, MLFLOW_RUN_NAME: trial.trial_id, **trial_tags(trial)}
+        run = self._timed(self._client.create_run, sweep.experiment_id, run_name=trial.trial_id, tags=tags)
         self.run_id = run.info.run_id
-        params = [Param(k, v[:6000]) for k, v in flatten(trial).items()]  # MLflow caps values at 6000
+        params = [Param(k, v[:6000]) for k, v in flatten(trial.params()).items()]  # MLflow caps values at 6000
         for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
             self._timed(self._client.log_batch, self.run_id, params=params[start : start + MAX_PARAMS_PER_BATCH])
 

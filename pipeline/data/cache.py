@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.atomic import atomic_write_text
+
 # Bump when the layout or the content of any prepared file changes: every cache built by an
 # older version then fails its check and is rebuilt by `python -m pipeline setup`.
 SCHEMA_VERSION = 1
@@ -98,21 +100,6 @@ def check_source(source_dir: Path, *, source_version: str, checksums: bool) -> s
         if checksums and file_sha256(path) != entry["sha256"]:
             return f"{rel} checksum mismatch"
     return None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600: others sharing the cache must read it
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def replace_dir(new: Path, target: Path) -> None:

@@ -8,60 +8,44 @@ whose per-coordinate row norm is at least `outlier_factor` x the mean), and the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import torch
 
-from pipeline.experiments.common import (
-    Records,
-    Reporter,
-    emit,
-    measurement_steps,
-    resolve_device,
-    seed_everything,
-    training_optimizer,
-)
+from pipeline.config import Trial
+from pipeline.experiments.common import Records, Reporter
+from pipeline.experiments.loop import run_with
 from pipeline.measure import gauss_newton_smoothness
-from pipeline.workloads import build_workload
+from pipeline.workloads import Workload
+
+_REPORTED = ("L", "ell", "ratio", "fraction_removed")
 
 
-def run(trial: Mapping[str, Any], report: Reporter) -> Records:
-    measure = dict(trial.get("measure") or {})
-    steps = int(trial["steps"])
-    seed_everything(int(trial["seed"]))
-    device = resolve_device(trial.get("device"))
-    workload = build_workload(trial["workload"], seed=int(trial["seed"]), device=device)
-    model = workload.model
-    optimizer = training_optimizer(model, trial)
-    factor = float(measure.get("outlier_factor", 4.0))
-    n = int(measure.get("gn_samples", 16))
-    # The GN rows need only the model's inputs; labels would make HF models compute a loss.
-    gn_batch = {k: v[:n] for k, v in workload.test_batch.items() if k != "labels"}
-    schedule = set(measurement_steps(measure, steps))
-    rows: list[dict[str, Any]] = []
-    batches = workload.train_batches()
-    for step in range(steps + 1):
-        metrics: dict[str, float] = {}
-        if step in schedule:
-            result = gauss_newton_smoothness(model, gn_batch, outlier_factor=factor)
-            rows.append(
-                {
-                    "step": step,
-                    "L": float(result["L"]),
-                    "ell": float(result["ell"]),
-                    "ratio": float(result["ratio"]),
-                    "fraction_removed": float(result["fraction_removed"]),
-                    "outlier_factor": factor,
-                    "n_samples": int(result["n_samples"]),
-                }
-            )
-            metrics.update({f"gn/{k}": rows[-1][k] for k in ("L", "ell", "ratio", "fraction_removed")})
-        if step < steps:
-            model.train()
-            loss = workload.loss(next(batches))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            metrics["train_loss"] = float(loss.detach())
-        emit(report, step, metrics)
-    model.eval()
-    return {"smoothness": rows}
+class SmoothnessHook:
+    wants_last_gradient = False
+
+    def __init__(self, trial: Trial, workload: Workload, generator: torch.Generator) -> None:
+        self.model = workload.model
+        self.factor = trial.measure.outlier_factor
+        n = trial.measure.gn_samples
+        # The GN rows need only the model's inputs; labels would make HF models compute a loss.
+        self.batch = {k: v[:n] for k, v in workload.test_batch.items() if k != "labels"}
+        self.schedule = set(trial.measure.steps(trial.steps))
+        self.rows: list[dict] = []
+
+    def on_gradient(self, step, grads) -> None:
+        pass
+
+    def at_step(self, step: int, train_loss: float | None) -> dict[str, float]:
+        if step not in self.schedule:
+            return {}
+        result = gauss_newton_smoothness(self.model, self.batch, outlier_factor=self.factor)
+        row = {"step": step, **{k: float(result[k]) for k in _REPORTED},
+               "outlier_factor": self.factor, "n_samples": int(result["n_samples"])}
+        self.rows.append(row)
+        return {f"gn/{k}": row[k] for k in _REPORTED}
+
+    def records(self) -> Records:
+        return {"smoothness": self.rows}
+
+
+def run(trial: Trial, report: Reporter) -> Records:
+    return run_with(trial, report, SmoothnessHook)

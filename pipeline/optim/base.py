@@ -9,9 +9,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from pipeline.labels import CLIP_TARGETS
 from pipeline.optim.clip import check_fraction, coordinate_clip
-
-CLIP_TARGETS = ("grad", "update")
 
 # A rule's state: {"step": int, **per-algorithm lists of tensors aligned with the params}.
 State = dict[str, Any]

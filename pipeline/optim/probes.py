@@ -10,51 +10,14 @@ clip produce bit-identical steps from the same gradients.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from torch import Tensor
 
+from pipeline.labels import DEFAULT_PROBES, ProbeSpec
 from pipeline.optim.base import Rule, State
 from pipeline.optim.clip import coordinate_clip
-from pipeline.optim.rules import make_rule
 
-
-@dataclass(frozen=True)
-class ProbeSpec:
-    """One probe optimizer. `lr=None` is Adafactor's relative step; the lr only scales the step."""
-
-    label: str  # stable, used in every table: "sgd", "sgd_clip0.1", ...
-    algorithm: str
-    clip_fraction: float = 0.0
-    clip_target: str = "grad"
-    lr: float | None = 1.0
-    hparams: Mapping[str, Any] = field(default_factory=dict)
-
-    def rule(self) -> Rule:
-        """The rule this probe runs (ValueError on a bad field)."""
-        if not isinstance(self.label, str) or not self.label:
-            raise ValueError(f"label must be a non-empty string; got {self.label!r}")
-        return make_rule(self.algorithm, lr=self.lr, clip_fraction=self.clip_fraction,
-                         clip_target=self.clip_target, **dict(self.hparams))
-
-
-# The paper's twelve probes (its code's algorithm_list_*_machine_translation), in its order.
-# Clip fractions are the paper's defaults: 0.1 for SGD / normalized SGD, 0.5 for the adaptive ones.
-DEFAULT_PROBES: tuple[ProbeSpec, ...] = (
-    ProbeSpec("sgd", "sgd"),
-    ProbeSpec("sgd_clip0.1", "sgd", clip_fraction=0.1),
-    ProbeSpec("adam", "adam"),
-    ProbeSpec("adam_clip0.5", "adam", clip_fraction=0.5),
-    ProbeSpec("adam_clipupdate0.5", "adam", clip_fraction=0.5, clip_target="update"),
-    ProbeSpec("adafactor", "adafactor", lr=None),
-    ProbeSpec("adafactor_clip0.5", "adafactor", clip_fraction=0.5, lr=None),
-    ProbeSpec("lion", "lion"),
-    ProbeSpec("lion_clipupdate0.5", "lion", clip_fraction=0.5, clip_target="update"),
-    ProbeSpec("sign_sgd", "sign_sgd"),
-    ProbeSpec("normalized_sgd", "normalized_sgd"),
-    ProbeSpec("normalized_sgd_clip0.1", "normalized_sgd", clip_fraction=0.1),
-)
+__all__ = ["DEFAULT_PROBES", "ProbeBank", "ProbeSpec"]
 
 
 class ProbeBank:

@@ -1,0 +1,67 @@
+"""Where a sweep's results live: the one place that builds paths under <results_dir>/<sweep name>/."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DONE_MARK = "trial.json"  # written last, when a trial's records are complete
+ERROR_FILE = "error.txt"  # the traceback of a failed trial
+
+
+@dataclass(frozen=True)
+class ResultsLayout:
+    """The results of one sweep:
+
+    trials/<trial_id>/records/<table>.parquet   per-trial records (the source of truth)
+    trials/<trial_id>/trial.json                the done mark (the trial's settings)
+    trials/<trial_id>/error.txt                 the traceback of a failed attempt
+    tables/<name>.parquet, figures/<stem>.png, report.md
+    ray/                                        Ray Tune's own state
+    """
+
+    sweep_dir: Path
+
+    @classmethod
+    def of(cls, results_dir: str | os.PathLike[str], name: str) -> ResultsLayout:
+        return cls(Path(results_dir).expanduser().absolute() / name)
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.sweep_dir / "trials"
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.trials_dir / trial_id
+
+    def records_dir(self, trial_id: str) -> Path:
+        return self.trial_dir(trial_id) / "records"
+
+    def done_mark(self, trial_id: str) -> Path:
+        return self.trial_dir(trial_id) / DONE_MARK
+
+    def error_file(self, trial_id: str) -> Path:
+        return self.trial_dir(trial_id) / ERROR_FILE
+
+    def record_files(self) -> list[Path]:
+        """Every trial's record files, in a fixed order."""
+        return sorted(self.trials_dir.glob("*/records/*.parquet"))
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.sweep_dir / "tables"
+
+    def table_path(self, name: str) -> Path:
+        return self.tables_dir / f"{name}.parquet"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.sweep_dir / "figures"
+
+    @property
+    def report_path(self) -> Path:
+        return self.sweep_dir / "report.md"
+
+    @property
+    def ray_dir(self) -> Path:
+        return self.sweep_dir / "ray"
