@@ -12,7 +12,7 @@ USAGE = """usage: python -m pipeline COMMAND ...
 
 
 def _error(message: str) -> int:
-    """Bad input: one line on stderr, exit status 2 (DESIGN.md section 6)."""
+    """Bad input: one line on stderr, exit status 2 (docs/science.md, 'Stable interfaces')."""
     print("error: " + " ".join(str(message).split()), file=sys.stderr)
     return 2
 

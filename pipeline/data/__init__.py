@@ -1,4 +1,4 @@
-"""Real corpora, a pretrained BERT and local tokenizers, in a checksummed local cache (DATA.md)."""
+"""Real corpora, a pretrained BERT and local tokenizers, in a checksummed local cache (docs/data.md)."""
 
 import importlib
 

@@ -1,4 +1,4 @@
-"""Builders of the text corpora (DATA.md): stdlib code, WEB/Segond Bible pairs, movie reviews."""
+"""Builders of the text corpora (docs/data.md): stdlib code, WEB/Segond Bible pairs, movie reviews."""
 
 from __future__ import annotations
 

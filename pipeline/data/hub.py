@@ -1,6 +1,6 @@
 """The paper's own datasets from the Hugging Face hub (`source: hub`), mapped to the local shapes.
 
-Our machines cannot reach the hub (DATA.md); these loaders are for users who can. Each
+Our machines cannot reach the hub (docs/data.md); these loaders are for users who can. Each
 `*_from_hub` function maps a `datasets.Dataset` of the hub's schema to what the matching local
 loader returns, and is tested on a small in-memory dataset of that schema.
 """

@@ -18,7 +18,7 @@ class Source:
     # build(out, scratch) writes the source's files into `out` (scratch is deleted afterwards)
     # and returns counts for the manifest's "meta".
     build: Callable[[Path, Path], dict]
-    stands_for: str  # the paper's workload data it replaces (DATA.md)
+    stands_for: str  # the paper's workload data it replaces (docs/data.md, 'Sources')
 
 
 _ALL = (

@@ -116,7 +116,7 @@ class _RowMaker:
 
     def into(self, i: int, out: Tensor | None = None) -> Tensor:
         """Write g_i into `out` (a P-sized buffer) or a new tensor, and return it."""
-        sample = {k: v[i : i + 1] for k, v in self.inputs.items()}  # loop, not vmap: see DATA.md
+        sample = {k: v[i : i + 1] for k, v in self.inputs.items()}  # loop, not vmap: docs/data.md
         logits = self.model(**sample).logits  # (1, 2)
         if logits.shape != (1, 2):
             raise ValueError(f"model must output two logits per sample, got shape {tuple(logits.shape)}")

@@ -17,7 +17,7 @@ Nested forward mode (forward-over-forward) would be cheaper for a scalar v^T H v
 silently returns wrong second derivatives through layer_norm and batch_norm (pytorch issues
 #196700, #196699); both methods here agree with a brute-force Hessian through those layers and
 with each other on the real workload models (tests/measure). Second derivatives need eager
-attention: fused SDPA kernels have neither double backward nor forward-mode AD (DATA.md).
+attention: fused SDPA kernels have neither double backward nor forward-mode AD (docs/data.md).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ class Rule:
     the state passed in is consumed (keep `copy_state(state)` if you need the old one). Returned
     steps never alias the state or the inputs.
 
-    The chain, in the order the paper defines it (DESIGN.md section 1):
+    The chain, in the order the paper defines it (docs/science.md, 'Coordinate-wise clipping'):
       1. clip grad (`clip_target="grad"`): the moment estimates that form the update's numerator
          see `coordinate_clip(grads, clip_fraction)`; second moments (Adam, Adafactor) keep the
          raw gradient;

@@ -8,7 +8,7 @@
   batch_size          training minibatch; test_batch_size: the fixed test batch (= batch_size)
   seq_len, vocab_size text only: token cap per sequence (per side for translation), size of
                       the locally trained tokenizer (512..65536; ignored for hub/MiniLM ones)
-  source              local (DATA.md's corpora, offline) | hub (the paper's datasets and
+  source              local (docs/data.md's corpora, offline) | hub (the paper's datasets and
                       tokenizers; fails in one line naming `source: local` when unreachable)
   pretrained          classification: the MiniLM BERT (local) or bert-base-uncased (hub);
                       causal_lm / translation: gpt-neo-125M / t5-small weights (hub only)

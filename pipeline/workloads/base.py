@@ -36,7 +36,7 @@ class Workload:
 
     Batches are dicts of the model's keyword inputs plus "labels", on the workload's device.
     `loss` runs the module in whatever mode it is in: callers that need a deterministic loss
-    (the sharpness measurements: DESIGN.md section 1, "model in eval mode") call `model.eval()`
+    (the sharpness measurements: docs/science.md, 'Directional sharpness') call `model.eval()`
     first, which disables dropout and makes BatchNorm use its running statistics.
     """
 
@@ -76,7 +76,7 @@ class Workload:
             raise ValueError(
                 f"workload.test_batch_size: {test_batch_size} exceeds the {n_test} test examples"
             )
-        # The fixed test batch: drawn once, from its own stream of the seed (DESIGN.md section 1).
+        # The fixed test batch: drawn once, from its own stream of the seed (docs/science.md).
         gen = torch.Generator().manual_seed(derived_seed(seed, "test-batch"))
         pick = torch.randperm(n_test, generator=gen)[:test_batch_size]
         self.test_batch: Batch = self._to_batch(test_examples, pick)
@@ -145,7 +145,7 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, shift: bo
     """Cross-entropy averaged over the targets that are not IGNORE_INDEX, in the logits' dtype.
 
     Computed here rather than by the HF model, whose loss upcasts logits with `.float()` and so
-    breaks float64 references (DATA.md). `shift=True` predicts token t+1 from position t.
+    breaks float64 references (docs/data.md). `shift=True` predicts token t+1 from position t.
     """
     if shift:
         logits, labels = logits[:, :-1], labels[:, 1:]  # (B, T-1, V), (B, T-1)

@@ -117,9 +117,9 @@ def _model(spec: Mapping[str, Any], vocab: int, eos: int, pad: int | None) -> GP
         dims["attention_types"] = [t for t in types if t[1] > 0]
     config = GPTNeoConfig(
         vocab_size=vocab,
-        # GPT-Neo's default ids (50256) lie outside a small local vocabulary (DATA.md).
+        # GPT-Neo's default ids (50256) lie outside a small local vocabulary (docs/data.md, 'Pitfalls').
         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos if pad is None else pad,
-        use_cache=False, attn_implementation="eager",  # eager: double backward (DATA.md)
+        use_cache=False, attn_implementation="eager",  # eager: double backward (docs/data.md)
         **{**dict.fromkeys(DROPOUT_KEYS, 0.0), **dims},
     )
     return GPTNeoForCausalLM(config).train()

@@ -16,7 +16,7 @@ from pipeline.workloads.base import (
 )
 from pipeline.workloads.hub import HUB_MODELS, from_hub, quiet_loading
 
-# 1,500 full IMDb reviews, 10,605 short snippets, 4,000 sentences (DATA.md; pipeline.data).
+# 1,500 full IMDb reviews, 10,605 short snippets, 4,000 sentences (docs/data.md, 'Sources').
 CORPORA = ("polarity", "snippets", "polarity_sentences")
 MINILM_MAX_POSITIONS = 512
 # Data defaults per size; `max_*_examples` count reviews. Full reviews (~745 words) are cut to
@@ -80,7 +80,7 @@ def _tokenizer(spec: Mapping[str, Any]):
                         "a WordPiece tokenizer trained on the reviews",
                         lambda: AutoTokenizer.from_pretrained(HUB_MODELS["classification"]))
     if spec["pretrained"]:
-        # MiniLM ships the real bert-base-uncased WordPiece vocabulary (DATA.md).
+        # MiniLM ships the real bert-base-uncased WordPiece vocabulary (docs/data.md, 'Sources').
         return AutoTokenizer.from_pretrained(data.minilm_dir(spec["data_dir"]),
                                              local_files_only=True)
     return data.get_tokenizer(LOCAL_TOKENIZER, vocab_size=spec["vocab_size"],
@@ -117,7 +117,7 @@ def _model(spec: Mapping[str, Any], vocab: int, pad: int) -> BertForSequenceClas
         return model.train()
     config = BertConfig(
         vocab_size=vocab, pad_token_id=pad, num_labels=2,
-        attn_implementation="eager",  # eager: double backward and forward-mode AD (DATA.md)
+        attn_implementation="eager",  # eager: double backward and forward-mode AD (docs/data.md)
         **{"max_position_embeddings": _positions(spec), **DIMS[spec["size"]], **spec["model"]},
     )
     return BertForSequenceClassification(config).train()

@@ -12,7 +12,7 @@ from pipeline.data import HubUnavailableError
 
 R = TypeVar("R")
 
-# The paper's checkpoints (DESIGN.md section 1); their tokenizers come from the same repositories.
+# The paper's checkpoints (docs/science.md); their tokenizers come from the same repositories.
 HUB_MODELS = {
     "causal_lm": "EleutherAI/gpt-neo-125M",
     "translation": "t5-small",

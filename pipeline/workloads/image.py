@@ -2,7 +2,7 @@
 
 The paper's Appendix E control: a non-transformer, where Adam's edge over SGD is small. The
 model has BatchNorm, so its loss depends on the mode: training uses batch statistics, while
-measurements (DESIGN.md section 1: "model in eval mode") use the running statistics, which makes
+measurements (eval mode: docs/science.md) use the running statistics, which makes
 the loss on the fixed test batch a deterministic function of the weights.
 """
 

@@ -10,7 +10,7 @@ from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 class GPTNeoSelfAttentionExact(GPTNeoSelfAttention):
     """GPT-Neo's eager attention; HF casts query and key to float32 "to avoid overflow", which
-    silently turns a float64 model's scores into float32 (DATA.md). Float64 stays float64 here;
+    silently turns a float64 model's scores into float32 (docs/data.md). Float64 stays float64 here;
     every other dtype takes HF's own path unchanged."""
 
     def _attn(self, query, key, value, attention_mask=None):

@@ -20,7 +20,7 @@ from pipeline.workloads.precision import make_float64_exact
 # T5's task prefix, as in the HF translation example the paper's t5-small runs follow.
 PREFIX = "translate English to French: "
 # Data defaults per size; `max_*_examples` count sentence pairs, `seq_len` caps both sides.
-# Paper: batch 1024 (DESIGN.md section 5), 128 tokens a side.
+# Paper: batch 1024 (docs/science.md, 'Workloads'), 128 tokens a side.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"batch_size": 8, "seq_len": 64, "vocab_size": 512,
              "max_train_examples": 512, "max_test_examples": 64},
@@ -124,7 +124,7 @@ def _model(spec: Mapping[str, Any], vocab: int, pad: int, eos: int) -> T5ForCond
     config = T5Config(
         vocab_size=vocab, pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad,
         use_cache=False,
-        attn_implementation="eager",  # eager: double backward and forward-mode AD (DATA.md)
+        attn_implementation="eager",  # eager: double backward and forward-mode AD (docs/data.md)
         **{"feed_forward_proj": "relu", "tie_word_embeddings": True,  # as t5-small
            **DIMS[spec["size"]], **spec["model"]},
     )

@@ -18,7 +18,7 @@ def _table(data_dir, name, file):
 def test_bible_pairs_are_all_aligned_verses_split_by_verse(data_dir):
     train = load_translation_pairs("train", data_dir)
     test = load_translation_pairs("test", data_dir)
-    assert len(train) + len(test) == 31_102  # every verse of the shared numbering (DATA.md)
+    assert len(train) + len(test) == 31_102  # every verse of the shared numbering (docs/data.md)
     assert 0.07 < len(test) / 31_102 < 0.13  # TEST_PERCENT = 10
     rows = _table(data_dir, "bible_en_fr", "pairs.parquet")
     refs = [f"{b}:{c}:{v}" for b, c, v in zip(rows["book"], rows["chapter"], rows["verse"])]

@@ -73,7 +73,7 @@ def tiny_gpt_neo(*, vocab=256, hidden=32, layers=2, heads=2, seq=16, batch=4, se
                  dtype=torch.float32):
     """(model, loss of a token batch as a function of params, params, token batches) of a tiny
     GPT-Neo with eager attention; the loss is computed from the logits here, in their dtype
-    (HF's own loss upcasts with .float(), DATA.md)."""
+    (HF's own loss upcasts with .float(): docs/data.md, 'Pitfalls')."""
     torch.manual_seed(seed)
     config = GPTNeoConfig(
         vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,

@@ -83,7 +83,7 @@ def _assert_float64_exact(workload, h=1e-5):
         plus = f({n: p + h * v[n] for n, p in params.items()})
         minus = f({n: p - h * v[n] for n, p in params.items()})
     assert float(plus - minus) / (2 * h) == pytest.approx(exact, rel=1e-5)
-    # Second derivatives work (eager attention: DESIGN.md's sharpness needs Hessian-vector
+    # Second derivatives work (eager attention: docs/science.md's sharpness needs Hessian-vector
     # products) and the Hessian is symmetric: u^T H v = v^T H u.
     u = {n: torch.randn(p.shape, generator=gen, dtype=torch.float64) for n, p in params.items()}
     grads = torch.autograd.grad(f(live), list(live.values()), create_graph=True)

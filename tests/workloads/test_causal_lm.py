@@ -85,7 +85,7 @@ def test_padding_never_enters_the_loss(workload):
 
 def test_float64_is_float64_throughout(assert_float64_exact):
     # Fails without pipeline.workloads.precision: HF's GPT-Neo attention casts query and key
-    # to float32 (DATA.md).
+    # to float32 (docs/data.md, 'Pitfalls').
     assert_float64_exact(build(dtype="float64"))
 
 
