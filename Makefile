@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= conf/quick.yaml
 
-.PHONY: setup data run test bench clean
+.PHONY: setup data run test test-fast lint bench clean
 
 setup: $(VENV)/.installed data
 
@@ -22,10 +22,17 @@ data: $(VENV)/.installed
 run: setup
 	$(PY) -m pipeline sweep $(CONFIG)
 
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check pipeline tests benchmarks jobs
+
 # Tests run in a network namespace that has only loopback: Ray and MLflow then bind 127.0.0.1,
 # and the run proves that nothing needs the network.
-test: setup
+test: setup lint
 	bash scripts/offline.sh $(PY) -m pytest $(PYTEST_ARGS)
+
+# The quick loop: everything but the tests marked slow (`make test` still runs them all).
+test-fast: setup lint
+	bash scripts/offline.sh $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) results mlflow.db mlruns
