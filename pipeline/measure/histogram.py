@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from pipeline.measure.hvp import Vector, check_direction_set
+from pipeline.measure.vectors import Vector, check_direction_set
 
 
 def update_histogram(directions: Mapping[str, Vector], *, bins: int, lo: float,

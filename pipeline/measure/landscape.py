@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from pipeline.measure.hvp import (
+from pipeline.measure.vectors import (
     LossFn,
     Vector,
     check_directions,

@@ -2,7 +2,7 @@
 
 Pan & Li 2023 (arXiv 2306.00204), section 3: the directional sharpness of an update v at x is
 v^T H(x) v / ||v||^2 on a fixed test batch. When it comes out negative the paper also reports
-v^T H(x + delta v/||v||) v / ||v||^2 (delta = 0.01), flagged as robust (DESIGN.md section 1).
+v^T H(x + delta v/||v||) v / ||v||^2 (delta = 0.01), flagged as robust (docs/science.md).
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pipeline.measure.hvp import (
+from pipeline.measure.hvp import check_chunk_size, check_method, quadratic_forms
+from pipeline.measure.vectors import (
     LossFn,
     Vector,
-    check_chunk_size,
     check_direction_set,
     check_directions,
-    check_method,
     check_loss_fn,
     check_params,
     inner,
-    quadratic_forms,
     unit_tangents,
     vector_norm,
 )

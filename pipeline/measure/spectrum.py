@@ -3,7 +3,7 @@
 Pan & Li 2023 (arXiv 2306.00204), section 4.2 conjecture: adaptive updates have low directional
 sharpness because large gradient coordinates sit where the Hessian diagonal is small. These
 measurements test that (|g_i| vs |H_ii| rank correlation) and put the global sharpness, the top
-Hessian eigenvalue, beside the directional sharpness (DESIGN.md section 1, "Beyond the paper").
+Hessian eigenvalue, beside the directional sharpness (docs/science.md, "Beyond the paper").
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ import torch
 from torch import Tensor
 
 from pipeline.measure.hvp import (
-    LossFn,
-    Vector,
     check_chunk_size,
-    check_loss_fn,
     check_method,
-    check_params,
     hessian_vector_products,
     hvp_operator,
 )
+from pipeline.measure.vectors import LossFn, check_loss_fn, check_params
 
 
 @dataclass(frozen=True)
