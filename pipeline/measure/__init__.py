@@ -3,7 +3,7 @@
 from pipeline.measure.gauss_newton import gauss_newton_smoothness
 from pipeline.measure.histogram import update_histogram
 from pipeline.measure.hvp import hessian_vector_products, hvp_operator, quadratic_forms
-from pipeline.measure.landscape import loss_landscape
+from pipeline.measure.landscape import base_loss, loss_landscape
 from pipeline.measure.sharpness import (
     SharpnessResult,
     directional_sharpness,
@@ -19,10 +19,13 @@ from pipeline.measure.spectrum import (
     rank_correlation,
     top_hessian_eigenvalue,
 )
+from pipeline.measure.vectors import Directions, prepare_directions
 
 __all__ = [
+    "Directions",
     "EigenResult",
     "SharpnessResult",
+    "base_loss",
     "directional_sharpness",
     "gauss_newton_smoothness",
     "gradient_correlation",
@@ -32,6 +35,7 @@ __all__ = [
     "hutchinson_diagonal_with_error",
     "hvp_operator",
     "loss_landscape",
+    "prepare_directions",
     "quadratic_forms",
     "rank_correlation",
     "sharpness_with_robust",

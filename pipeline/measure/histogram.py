@@ -13,10 +13,10 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from pipeline.measure.hvp import Vector, check_direction_set
+from pipeline.measure.vectors import Directions, Vector, check_direction_set
 
 
-def update_histogram(directions: Mapping[str, Vector], *, bins: int, lo: float,
+def update_histogram(directions: Mapping[str, Vector] | Directions, *, bins: int, lo: float,
                      hi: float) -> dict[str, tuple[list[float], list[int]]]:
     """label -> (bin edges (bins + 1), counts (bins)) of log10(|v_i| / ||v||_inf).
 
@@ -28,7 +28,8 @@ def update_histogram(directions: Mapping[str, Vector], *, bins: int, lo: float,
         raise ValueError(f"bins must be a positive int; got {bins!r}")
     if not (_finite(lo) and _finite(hi) and lo < hi):
         raise ValueError(f"lo and hi must be finite numbers with lo < hi; got lo={lo!r}, hi={hi!r}")
-    directions = check_direction_set(directions)
+    if not isinstance(directions, Directions):  # a prepared set was validated already
+        directions = check_direction_set(directions)
     labels = list(directions)
     counts = torch.stack([_counts(directions[k], bins, float(lo), float(hi)) for k in labels])
     edges = [lo + (hi - lo) * j / bins for j in range(bins + 1)]

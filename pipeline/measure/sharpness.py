@@ -14,19 +14,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pipeline.measure.hvp import (
+from pipeline.measure.hvp import check_chunk_size, check_method, quadratic_forms
+from pipeline.measure.vectors import (
+    Directions,
     LossFn,
     Vector,
-    check_chunk_size,
-    check_direction_set,
-    check_directions,
-    check_method,
+    as_direction_set,
+    as_directions,
     check_loss_fn,
     check_params,
     inner,
-    quadratic_forms,
     unit_tangents,
-    vector_norm,
 )
 
 
@@ -40,32 +38,33 @@ class SharpnessResult:
 
 
 def directional_sharpness(loss_fn: LossFn, params: Mapping[str, Tensor],
-                          directions: Mapping[str, Vector], *, method: str = "auto",
+                          directions: Mapping[str, Vector] | Directions, *, method: str = "auto",
                           chunk_size: int | None = None) -> dict[str, float]:
     """label -> v^T H v / ||v||^2, H the Hessian of loss_fn at params (NaN for a zero v).
 
     All directions share one primal forward and backward. `method`: "forward_over_reverse"
     (vmapped, the default on accelerators), "double_backward" (the default on the host) or
     "auto"; `chunk_size` bounds how many directions are vmapped at once (None: as many as
-    memory allows). See pipeline.measure.hvp.
+    memory allows). See pipeline.measure.hvp. `directions`: a raw mapping label -> (name ->
+    tensor), validated here, or a set from prepare_directions, used as it is.
     """
     check_loss_fn(loss_fn)
     check_method(method)
     check_chunk_size(chunk_size)
     params = check_params(params)
-    directions = check_directions(directions, params)
-    tangents, norms = unit_tangents(directions)
-    values = _forms(loss_fn, params, tangents, norms, method, chunk_size)
+    directions = as_directions(directions, params)
+    tangents = unit_tangents(directions)
+    values = _forms(loss_fn, params, tangents, directions.norms, method, chunk_size)
     return dict(zip(directions, values.tolist()))
 
 
 def sharpness_with_robust(loss_fn: LossFn, params: Mapping[str, Tensor],
-                          directions: Mapping[str, Vector], *, delta: float = 0.01,
+                          directions: Mapping[str, Vector] | Directions, *, delta: float = 0.01,
                           method: str = "auto",
                           chunk_size: int | None = None) -> dict[str, SharpnessResult]:
     """label -> SharpnessResult; negative raw values are re-measured at x + delta v/||v||.
 
-    `method` and `chunk_size` as for directional_sharpness.
+    `directions`, `method` and `chunk_size` as for directional_sharpness.
     """
     check_loss_fn(loss_fn)
     check_method(method)
@@ -73,8 +72,8 @@ def sharpness_with_robust(loss_fn: LossFn, params: Mapping[str, Tensor],
         raise ValueError(f"delta must be a positive finite number; got {delta!r}")
     check_chunk_size(chunk_size)
     params = check_params(params)
-    directions = check_directions(directions, params)
-    tangents, norms = unit_tangents(directions)
+    directions = as_directions(directions, params)
+    tangents, norms = unit_tangents(directions), directions.norms
     raw = _forms(loss_fn, params, tangents, norms, method, chunk_size).tolist()
     labels = list(directions)
     negative = [i for i, r in enumerate(raw) if r < 0]
@@ -93,21 +92,22 @@ def sharpness_with_robust(loss_fn: LossFn, params: Mapping[str, Tensor],
 
 
 def gradient_correlation(grads: Mapping[str, Tensor],
-                         directions: Mapping[str, Vector]) -> dict[str, float]:
-    """label -> -<g, v> / ||v|| (positive when v descends; NaN for a zero v)."""
+                         directions: Mapping[str, Vector] | Directions) -> dict[str, float]:
+    """label -> -<g, v> / ||v|| (positive when v descends; NaN for a zero v).
+
+    A prepared set must have been prepared for params laid out like `grads`.
+    """
     grads = check_params(grads)
-    directions = check_directions(directions, grads)
-    labels = list(directions)
+    directions = as_directions(directions, grads)
+    labels = directions.labels
     dots = torch.stack([inner(grads, directions[k]) for k in labels])
-    norms = torch.stack([vector_norm(directions[k]) for k in labels])
-    return dict(zip(labels, (-dots / _nan_if_zero(norms)).tolist()))
+    return dict(zip(labels, (-dots / _nan_if_zero(directions.norms)).tolist()))
 
 
-def update_norms(directions: Mapping[str, Vector]) -> dict[str, float]:
-    """label -> ||v|| over all of its tensors."""
-    directions = check_direction_set(directions)
-    labels = list(directions)
-    return dict(zip(labels, torch.stack([vector_norm(directions[k]) for k in labels]).tolist()))
+def update_norms(directions: Mapping[str, Vector] | Directions) -> dict[str, float]:
+    """label -> ||v|| over all of its tensors (a prepared set's own norms)."""
+    directions = as_direction_set(directions)
+    return dict(zip(directions.labels, directions.norms.tolist()))
 
 
 def _forms(loss_fn: LossFn, params: Vector, tangents: Vector, norms: Tensor, method: str,

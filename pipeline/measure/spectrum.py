@@ -16,15 +16,12 @@ import torch
 from torch import Tensor
 
 from pipeline.measure.hvp import (
-    LossFn,
-    Vector,
     check_chunk_size,
-    check_loss_fn,
     check_method,
-    check_params,
     hessian_vector_products,
     hvp_operator,
 )
+from pipeline.measure.vectors import LossFn, check_loss_fn, check_params
 
 
 @dataclass(frozen=True)

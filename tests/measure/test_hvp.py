@@ -13,7 +13,8 @@ from pipeline.measure import (
     quadratic_forms,
 )
 from pipeline.measure.chunking import chunked, default_chunk_size, saved_bytes
-from pipeline.measure.hvp import resolve_method, stack
+from pipeline.measure.hvp import resolve_method
+from pipeline.measure.vectors import stack
 
 
 @pytest.mark.parametrize("method", ["forward_over_reverse", "double_backward"])
