@@ -19,10 +19,12 @@ from pipeline.config import Measure, Trial
 from pipeline.experiments.common import Records, Reporter
 from pipeline.experiments.loop import run_with
 from pipeline.measure import (
+    base_loss,
     gradient_correlation,
     gradient_curvature_correlation,
     hutchinson_diagonal,
     loss_landscape,
+    prepare_directions,
     sharpness_with_robust,
     top_hessian_eigenvalue,
     update_histogram,
@@ -82,7 +84,7 @@ def measure_point(
 ) -> Records:
     """All the measurements at one point of the trajectory, as rows without the step column."""
     params = {n: p.detach() for n, p in live_params.items()}
-    directions = bank.directions()
+    directions = prepare_directions(params, bank.directions())  # validated once, norms computed once
     sharp = sharpness_with_robust(loss_fn, params, directions, delta=measure.robust_delta)
     # The landscape and the sharpness are on the test batch, so the first-order term of the
     # loss change along v is the test-batch gradient's: that is the correlation we report.
@@ -108,11 +110,11 @@ def measure_point(
         for label, result in sharp.items()
     ]
     offsets = list(measure.landscape_offsets)
+    base = base_loss(loss_fn, params)
     with torch.no_grad():
-        base = float(loss_fn(params))
-        curves = loss_landscape(loss_fn, params, directions, offsets)
+        curves = loss_landscape(loss_fn, params, directions, offsets, base=base)
     landscape_rows = [
-        {"probe": label, "offset": s, "loss": loss, "loss_change": loss - base}
+        {"probe": label, "offset": s, "loss": loss, "loss_change": loss - float(base)}
         for label, losses in curves.items()
         for s, loss in zip(offsets, losses)
     ]
