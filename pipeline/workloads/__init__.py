@@ -20,23 +20,43 @@
   model               HF config fields overriding the size preset, e.g. {num_layers: 4}
 
 `validate_workload_spec(spec)` checks a spec and fills the defaults without building anything.
+`WORKLOADS[name]` is the workload's WorkloadDefinition (presets, spec keys and facts such as
+`is_transformer`, `num_classes`, `supports_smoothness`). Importing this package, and
+pipeline.workloads.definitions, loads neither torch nor transformers: `build_workload` imports the
+workload's module when called, and `Workload` is imported on first access.
 """
 
+from __future__ import annotations
+
+import importlib
+import os
+from typing import TYPE_CHECKING, Any
+
 from pipeline.data import HubUnavailableError
-from pipeline.workloads.base import (
-    SIZES, SOURCES, WORKLOADS, Workload, build_workload, validate_workload_spec,
+from pipeline.workloads.definitions import (
+    SIZES, SOURCES, WORKLOADS, WorkloadDefinition, build_workload, validate_workload_spec,
 )
 
-# Importing the workload modules registers them in WORKLOADS.
-from pipeline.workloads import causal_lm, classification, image, translation  # noqa: E402,F401
-
 __all__ = [
-    "SIZES", "SOURCES", "WORKLOADS", "HubUnavailableError", "Workload", "build_workload",
-    "validate_workload_spec",
+    "SIZES", "SOURCES", "WORKLOADS", "HubUnavailableError", "Workload", "WorkloadDefinition",
+    "build_workload", "validate_workload_spec", "warm_tokenizers",
 ]
 
+if TYPE_CHECKING:
+    from pipeline.workloads.base import Workload
 
-def warm_tokenizers(sizes=("tiny", "small"), data_dir=None) -> list[tuple[str, int]]:
+# Names that need torch: imported on first access (module __getattr__, PEP 562).
+_LAZY = {"Workload": "pipeline.workloads.base"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pipeline.workloads' has no attribute {name!r}")
+
+
+def warm_tokenizers(sizes: tuple[str, ...] = ("tiny", "small"),
+                    data_dir: str | os.PathLike[str] | None = None) -> list[tuple[str, int]]:
     """Trains (or finds cached) the local tokenizers that these size presets use.
 
     Run by `python -m pipeline setup`, so that concurrent trials and the tests find them cached
@@ -45,9 +65,11 @@ def warm_tokenizers(sizes=("tiny", "small"), data_dir=None) -> list[tuple[str, i
     from pipeline import data
 
     done = []
-    for module in (causal_lm, translation, classification):
+    for definition in WORKLOADS.values():
+        if definition.local_tokenizer is None:
+            continue
         for size in sizes:
-            vocab = module.PRESETS[size]["vocab_size"]
-            data.get_tokenizer(module.LOCAL_TOKENIZER, vocab_size=vocab, data_dir=data_dir)
-            done.append((module.LOCAL_TOKENIZER, vocab))
+            vocab = definition.presets[size]["vocab_size"]
+            data.get_tokenizer(definition.local_tokenizer, vocab_size=vocab, data_dir=data_dir)
+            done.append((definition.local_tokenizer, vocab))
     return done

@@ -1,29 +1,22 @@
-"""The Workload interface (model + data + loss), the registry by name and spec validation."""
+"""The Workload interface (model + data + loss) and the helpers the workload modules share."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-SIZES = ("tiny", "small", "paper")
-SOURCES = ("local", "hub")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-# Keys every workload spec may carry; a workload adds its own (seq_len, vocab_size, corpus ...).
-COMMON_KEYS = (
-    "name", "size", "batch_size", "test_batch_size", "source", "data_dir", "dtype",
-    "pretrained", "max_train_examples", "max_test_examples", "model",
-)
-CAPS = ("max_train_examples", "max_test_examples")  # data caps; None = all the data
-# pipeline.data trains local tokenizers of 512 to 65,536 entries (its get_tokenizer's range).
-VOCAB_RANGE = (512, 65_536)
+from pipeline.workloads.definitions import DTYPE_NAMES
+# Spec validation lives in the torch-free pipeline.workloads.definitions; this name stays for the
+# callers that still import it from here (pipeline.config).
+from pipeline.workloads.definitions import validate_workload_spec  # noqa: F401
+
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # "float32" -> torch.float32 ...
 IGNORE_INDEX = -100  # the label of positions that never enter the loss (padding)
 
 Batch = dict[str, torch.Tensor]
@@ -172,118 +165,6 @@ def trim_padding(batch: Batch, groups: Mapping[str, tuple[str, ...]]) -> Batch:
         for key in (mask_key, *keys):
             batch[key] = batch[key][:, :width]
     return batch
-
-
-@dataclass(frozen=True)
-class WorkloadDefinition:
-    """What build_workload needs to validate a spec for one workload and build it."""
-
-    build: Callable[..., Workload]
-    presets: Mapping[str, Mapping[str, Any]]  # size -> defaults of the per-size keys
-    extra_keys: tuple[str, ...] = ()
-    config_class: type | None = None  # the HF config class that `model:` overrides must fit
-    fixed_fields: tuple[str, ...] = ()  # config fields the data decides: `model:` may not set them
-    pretrained_sources: tuple[str, ...] = ()  # sources on which `pretrained: true` is allowed
-    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # key -> allowed values
-
-
-_DEFINITIONS: dict[str, WorkloadDefinition] = {}
-WORKLOADS: dict[str, Callable[..., Workload]] = {}
-
-
-def register(name: str, definition: WorkloadDefinition) -> None:
-    """Add a workload to the registry; `WORKLOADS[name](spec, seed=, device=)` builds it."""
-    _DEFINITIONS[name] = definition
-
-    def build(spec: Mapping[str, Any], *, seed: int,
-              device: str | torch.device = "cpu") -> Workload:
-        return build_workload({"name": name, **spec}, seed=seed, device=device)
-
-    WORKLOADS[name] = build
-
-
-def build_workload(spec: Mapping[str, Any], *, seed: int, device: str | torch.device) -> Workload:
-    """Validate the spec (before any data or model work) and build the named workload."""
-    full = validate_workload_spec(spec)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed: expected an integer, got {seed!r}")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device: not a torch device: {device!r}") from None
-    return _DEFINITIONS[full["name"]].build(full, seed=seed, device=device)
-
-
-def validate_workload_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Check a workload spec and return it with the size preset's defaults filled in.
-
-    A key given as None takes its default, except the `max_*_examples` caps, where None means
-    "all the data". Raises a one-line ValueError naming the offending key and allowed values.
-    """
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"workload: expected a mapping, got {type(spec).__name__}")
-    name = spec.get("name")
-    if name not in _DEFINITIONS:
-        raise ValueError(f"workload.name: unknown workload {name!r}; "
-                         f"allowed: {', '.join(sorted(_DEFINITIONS))}")
-    definition = _DEFINITIONS[name]
-    allowed = COMMON_KEYS + definition.extra_keys
-    unknown = sorted(set(spec) - set(allowed))
-    if unknown:
-        raise ValueError(f"workload: unknown key(s) {', '.join(map(repr, unknown))} for "
-                         f"{name!r}; allowed: {', '.join(allowed)}")
-    choices = {"size": SIZES, "source": SOURCES, "dtype": tuple(DTYPES), **definition.choices}
-    for key, values in choices.items():
-        if spec.get(key) is not None and spec[key] not in values:
-            raise ValueError(f"workload.{key}: {spec[key]!r} is not one of {', '.join(values)}")
-    full = {"size": "tiny", "source": "local", "dtype": "float32", "pretrained": False,
-            "data_dir": None, "model": {}}
-    full.update(definition.presets[spec.get("size") or "tiny"])
-    full.update({k: v for k, v in spec.items() if v is not None or k in CAPS})
-    full.setdefault("test_batch_size", full["batch_size"])
-    _check_integers(full)
-    if not isinstance(full["pretrained"], bool):
-        raise ValueError(f"workload.pretrained: expected true or false, got {full['pretrained']!r}")
-    if full["pretrained"] and full["source"] not in definition.pretrained_sources:
-        where = " or ".join(f"source: {s}" for s in definition.pretrained_sources) or "no source"
-        raise ValueError(f"workload.pretrained: {name!r} has pretrained weights only with {where}")
-    if full["data_dir"] is not None and not isinstance(full["data_dir"], (str, os.PathLike)):
-        raise ValueError(f"workload.data_dir: expected a path, got {full['data_dir']!r}")
-    _check_model_overrides(name, definition, full)
-    return full
-
-
-def _check_integers(full: Mapping[str, Any]) -> None:
-    lowest = {"seq_len": 2, "vocab_size": VOCAB_RANGE[0]}
-    for key in ("batch_size", "test_batch_size", "seq_len", "vocab_size", *CAPS):
-        value = full.get(key)
-        if key not in full or (value is None and key in CAPS):
-            continue
-        lo, hi = lowest.get(key, 1), VOCAB_RANGE[1] if key == "vocab_size" else None
-        in_range = isinstance(value, int) and lo <= value <= (hi or value)
-        if isinstance(value, bool) or not in_range:
-            bound = f"in [{lo}, {hi}]" if hi else f">= {lo}"
-            raise ValueError(f"workload.{key}: expected an integer {bound}, got {value!r}")
-
-
-def _check_model_overrides(name: str, definition: WorkloadDefinition,
-                           full: Mapping[str, Any]) -> None:
-    overrides = full["model"]
-    if not isinstance(overrides, Mapping):
-        raise ValueError(f"workload.model: expected a mapping of config fields, got {overrides!r}")
-    if overrides and full["pretrained"]:
-        raise ValueError("workload.model: config overrides conflict with pretrained: true "
-                         "(the checkpoint fixes the model)")
-    if overrides and definition.config_class is not None:
-        known = definition.config_class()
-        unknown = sorted(k for k in overrides if not hasattr(known, k))
-        if unknown:
-            raise ValueError(f"workload.model: {', '.join(map(repr, unknown))} not a field of "
-                             f"{definition.config_class.__name__} ({name!r})")
-    fixed = sorted(set(overrides) & set(definition.fixed_fields))
-    if fixed:
-        raise ValueError(f"workload.model: {', '.join(map(repr, fixed))} set by the workload "
-                         f"itself (from its data and tokenizer), not by an override")
 
 
 def fixed_subset(items: Sequence[T], n: int | None) -> list[T]:

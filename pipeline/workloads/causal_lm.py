@@ -12,22 +12,13 @@ from transformers import AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM
 
 import pipeline.data as data
 from pipeline.workloads.base import (
-    Workload, WorkloadDefinition, count_targets, fixed_subset, register, seeded,
-    token_cross_entropy, DTYPES,
+    DTYPES, Workload, count_targets, fixed_subset, seeded, token_cross_entropy,
 )
+from pipeline.workloads.definitions import WORKLOADS
 from pipeline.workloads.hub import HUB_MODELS, from_hub
 from pipeline.workloads.precision import make_float64_exact
 
-# Data defaults per size; `max_*_examples` count source files. Tiny/small read a fixed subset
-# (tokenizing takes a second or a few, not minutes); paper reads the whole corpus.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"batch_size": 8, "seq_len": 64, "vocab_size": 512,
-             "max_train_examples": 64, "max_test_examples": 16},
-    "small": {"batch_size": 16, "seq_len": 128, "vocab_size": 8192,
-              "max_train_examples": 400, "max_test_examples": 40},
-    "paper": {"batch_size": 32, "seq_len": 512, "vocab_size": 50257,
-              "max_train_examples": None, "max_test_examples": None},
-}
+DEFINITION = WORKLOADS["causal_lm"]  # presets, spec keys and facts (pipeline.workloads.definitions)
 # Model dimensions; paper = EleutherAI/gpt-neo-125M (its config.json: 12 layers of alternating
 # global/local attention, window 256, no dropout). Tiny has ~0.14M parameters.
 DIMS: dict[str, dict[str, Any]] = {
@@ -38,7 +29,7 @@ DIMS: dict[str, dict[str, Any]] = {
     "paper": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "window_size": 256,
               "max_position_embeddings": 2048},
 }
-LOCAL_TOKENIZER = "code_bpe"  # byte-level BPE trained on the train split (pipeline.data)
+LOCAL_TOKENIZER = DEFINITION.local_tokenizer
 DROPOUT_KEYS = ("embed_dropout", "attention_dropout", "resid_dropout")
 
 
@@ -51,7 +42,7 @@ def build(spec: Mapping[str, Any], *, seed: int, device: torch.device) -> Worklo
         model = _model(spec, len(tokenizer), eos, tokenizer.pad_token_id)
     model = make_float64_exact(model).to(device=device, dtype=DTYPES[spec["dtype"]])
     return Workload(
-        name="causal_lm", is_transformer=True, model=model,
+        name=DEFINITION.name, is_transformer=DEFINITION.is_transformer, model=model,
         train_examples=train, test_examples=test, collate=lambda batch: batch,
         criterion=functools.partial(token_cross_entropy, shift=True),
         target_count=functools.partial(count_targets, shift=True),
@@ -124,9 +115,3 @@ def _model(spec: Mapping[str, Any], vocab: int, eos: int, pad: int | None) -> GP
     )
     return GPTNeoForCausalLM(config).train()
 
-
-register("causal_lm", WorkloadDefinition(
-    build=build, presets=PRESETS, extra_keys=("seq_len", "vocab_size"),
-    config_class=GPTNeoConfig, pretrained_sources=("hub",),
-    fixed_fields=("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "use_cache"),
-))

@@ -11,24 +11,14 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 
 import pipeline.data as data
 from pipeline.workloads.base import (
-    DTYPES, Workload, WorkloadDefinition, count_targets, fixed_subset, register, seeded,
-    token_cross_entropy, trim_padding,
+    DTYPES, Workload, count_targets, fixed_subset, seeded, token_cross_entropy, trim_padding,
 )
+from pipeline.workloads.definitions import WORKLOADS
 from pipeline.workloads.hub import HUB_MODELS, from_hub, quiet_loading
 
-# 1,500 full IMDb reviews, 10,605 short snippets, 4,000 sentences (docs/data.md, 'Sources').
-CORPORA = ("polarity", "snippets", "polarity_sentences")
+DEFINITION = WORKLOADS["classification"]  # presets, corpora, facts (pipeline.workloads.definitions)
+NUM_LABELS = DEFINITION.num_classes
 MINILM_MAX_POSITIONS = 512
-# Data defaults per size; `max_*_examples` count reviews. Full reviews (~745 words) are cut to
-# seq_len tokens; snippets are short and padded.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"batch_size": 8, "seq_len": 64, "vocab_size": 1024, "corpus": "polarity",
-             "max_train_examples": 256, "max_test_examples": 64},
-    "small": {"batch_size": 16, "seq_len": 256, "vocab_size": 8000, "corpus": "polarity",
-              "max_train_examples": None, "max_test_examples": None},
-    "paper": {"batch_size": 32, "seq_len": 512, "vocab_size": 30522, "corpus": "polarity",
-              "max_train_examples": None, "max_test_examples": None},
-}
 # Model dimensions (from a config); paper = bert-base-uncased (dropout 0.1 as published:
 # measurements run the model in eval mode). Tiny (~0.15M parameters) and small: no dropout.
 DIMS: dict[str, dict[str, Any]] = {
@@ -42,7 +32,7 @@ DIMS: dict[str, dict[str, Any]] = {
               "intermediate_size": 3072, "hidden_dropout_prob": 0.1,
               "attention_probs_dropout_prob": 0.1},
 }
-LOCAL_TOKENIZER = "reviews_wordpiece"  # BERT-style WordPiece trained on the reviews (pipeline.data)
+LOCAL_TOKENIZER = DEFINITION.local_tokenizer
 
 
 def build(spec: Mapping[str, Any], *, seed: int, device: torch.device) -> Workload:
@@ -56,7 +46,7 @@ def build(spec: Mapping[str, Any], *, seed: int, device: torch.device) -> Worklo
         model = _model(spec, len(tokenizer), tokenizer.pad_token_id)
     model = model.to(device=device, dtype=DTYPES[spec["dtype"]])
     return Workload(
-        name="classification", is_transformer=True, model=model,
+        name=DEFINITION.name, is_transformer=DEFINITION.is_transformer, model=model,
         train_examples=train, test_examples=test,
         collate=functools.partial(trim_padding, groups={"attention_mask": ("input_ids",)}),
         criterion=functools.partial(token_cross_entropy, shift=False),  # (B, 2) logits, (B,) labels
@@ -107,16 +97,17 @@ def _model(spec: Mapping[str, Any], vocab: int, pad: int) -> BertForSequenceClas
             model = from_hub("classification", f"the {HUB_MODELS['classification']} weights",
                              "with pretrained: true, the MiniLM BERT",
                              lambda: BertForSequenceClassification.from_pretrained(
-                                 HUB_MODELS["classification"], num_labels=2,
+                                 HUB_MODELS["classification"], num_labels=NUM_LABELS,
                                  attn_implementation="eager"))
         else:
             with quiet_loading():
                 model = BertForSequenceClassification.from_pretrained(
-                    data.minilm_dir(spec["data_dir"]), num_labels=2, attn_implementation="eager",
+                    data.minilm_dir(spec["data_dir"]), num_labels=NUM_LABELS,
+                    attn_implementation="eager",
                     local_files_only=True)
         return model.train()
     config = BertConfig(
-        vocab_size=vocab, pad_token_id=pad, num_labels=2,
+        vocab_size=vocab, pad_token_id=pad, num_labels=NUM_LABELS,
         attn_implementation="eager",  # eager: double backward and forward-mode AD (docs/data.md)
         **{"max_position_embeddings": _positions(spec), **DIMS[spec["size"]], **spec["model"]},
     )
@@ -132,9 +123,3 @@ def _positions(spec: Mapping[str, Any]) -> int:
     """
     return max(512, spec["seq_len"]) if spec["size"] == "paper" else spec["seq_len"]
 
-
-register("classification", WorkloadDefinition(
-    build=build, presets=PRESETS, extra_keys=("seq_len", "vocab_size", "corpus"),
-    config_class=BertConfig, pretrained_sources=("local", "hub"), choices={"corpus": CORPORA},
-    fixed_fields=("vocab_size", "pad_token_id", "num_labels"),
-))

@@ -19,21 +19,17 @@ from transformers import ResNetConfig, ResNetForImageClassification
 
 import pipeline.data as data
 from pipeline.workloads.base import (
-    DTYPES, Workload, WorkloadDefinition, count_targets, fixed_subset, register, seeded,
-    token_cross_entropy,
+    DTYPES, Workload, count_targets, fixed_subset, seeded, token_cross_entropy,
 )
+from pipeline.workloads.definitions import WORKLOADS
 
 # Mean and std of the Fashion-MNIST training pixels *after* zero-padding 28x28 -> 32x32, in
 # [0, 1] (computed once over all 60,000 training images; tests/workloads checks them).
 FASHION_MEAN, FASHION_STD = 0.2190, 0.3318
 # CIFAR-10's usual per-channel training statistics (RGB).
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-NUM_CLASSES = 10
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"batch_size": 16, "max_train_examples": 1024, "max_test_examples": 256},
-    "small": {"batch_size": 64, "max_train_examples": None, "max_test_examples": None},
-    "paper": {"batch_size": 128, "max_train_examples": None, "max_test_examples": None},
-}
+DEFINITION = WORKLOADS["image"]  # presets, spec keys and facts (pipeline.workloads.definitions)
+NUM_CLASSES = DEFINITION.num_classes
 # transformers' ResNet keeps the ImageNet stem (7x7 stride-2 convolution + max-pool), so a 32x32
 # image is 8x8 when it enters the first stage. Paper = ResNet-18's stages; tiny ~0.08M parameters.
 DIMS: dict[str, dict[str, Any]] = {
@@ -53,7 +49,8 @@ def build(spec: Mapping[str, Any], *, seed: int, device: torch.device) -> Worklo
                                  **DIMS[spec["size"]], **spec["model"]})
         model = ResNetForImageClassification(config).train()
     return Workload(
-        name="image", is_transformer=False, model=model.to(device=device, dtype=dtype),
+        name=DEFINITION.name, is_transformer=DEFINITION.is_transformer,
+        model=model.to(device=device, dtype=dtype),
         train_examples=train, test_examples=test,
         collate=functools.partial(_collate, cifar=hub, dtype=dtype),
         criterion=functools.partial(token_cross_entropy, shift=False),  # (B, 10), (B,)
@@ -95,8 +92,3 @@ def _collate(batch: Mapping[str, torch.Tensor], *, cifar: bool,
     pixels = (cifar_pixels if cifar else fashion_pixels)(batch["pixels"], dtype)
     return {"pixel_values": pixels, "labels": batch["labels"]}
 
-
-register("image", WorkloadDefinition(
-    build=build, presets=PRESETS, config_class=ResNetConfig,
-    fixed_fields=("num_channels", "num_labels"),
-))

@@ -11,24 +11,16 @@ from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
 import pipeline.data as data
 from pipeline.workloads.base import (
-    DTYPES, IGNORE_INDEX, Workload, WorkloadDefinition, count_targets, fixed_subset, register,
-    seeded, token_cross_entropy, trim_padding,
+    DTYPES, IGNORE_INDEX, Workload, count_targets, fixed_subset, seeded, token_cross_entropy,
+    trim_padding,
 )
+from pipeline.workloads.definitions import WORKLOADS
 from pipeline.workloads.hub import HUB_MODELS, from_hub
 from pipeline.workloads.precision import make_float64_exact
 
 # T5's task prefix, as in the HF translation example the paper's t5-small runs follow.
 PREFIX = "translate English to French: "
-# Data defaults per size; `max_*_examples` count sentence pairs, `seq_len` caps both sides.
-# Paper: batch 1024 (docs/science.md, 'Workloads'), 128 tokens a side.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"batch_size": 8, "seq_len": 64, "vocab_size": 512,
-             "max_train_examples": 512, "max_test_examples": 64},
-    "small": {"batch_size": 32, "seq_len": 96, "vocab_size": 8000,
-              "max_train_examples": 8000, "max_test_examples": 512},
-    "paper": {"batch_size": 1024, "seq_len": 128, "vocab_size": 32128,
-              "max_train_examples": None, "max_test_examples": None},
-}
+DEFINITION = WORKLOADS["translation"]  # presets, spec keys and facts (pipeline.workloads.definitions)
 # Model dimensions; paper = t5-small's config.json (dropout 0.1 as published: measurements run
 # the model in eval mode). Tiny (~0.2M parameters) and small train without dropout.
 DIMS: dict[str, dict[str, Any]] = {
@@ -39,7 +31,7 @@ DIMS: dict[str, dict[str, Any]] = {
     "paper": {"d_model": 512, "d_ff": 2048, "d_kv": 64, "num_layers": 6, "num_decoder_layers": 6,
               "num_heads": 8, "dropout_rate": 0.1},
 }
-LOCAL_TOKENIZER = "enfr_unigram"  # SentencePiece-style Unigram trained on en+fr (pipeline.data)
+LOCAL_TOKENIZER = DEFINITION.local_tokenizer
 # Encoder padding follows attention_mask; decoder padding follows decoder_attention_mask.
 PADDING_GROUPS = {"attention_mask": ("input_ids",),
                   "decoder_attention_mask": ("decoder_input_ids", "labels")}
@@ -53,7 +45,7 @@ def build(spec: Mapping[str, Any], *, seed: int, device: torch.device) -> Worklo
         model = _model(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
     model = make_float64_exact(model).to(device=device, dtype=DTYPES[spec["dtype"]])
     return Workload(
-        name="translation", is_transformer=True, model=model,
+        name=DEFINITION.name, is_transformer=DEFINITION.is_transformer, model=model,
         train_examples=train, test_examples=test,
         collate=functools.partial(trim_padding, groups=PADDING_GROUPS),
         criterion=functools.partial(token_cross_entropy, shift=False),
@@ -130,10 +122,3 @@ def _model(spec: Mapping[str, Any], vocab: int, pad: int, eos: int) -> T5ForCond
     )
     return T5ForConditionalGeneration(config).train()
 
-
-register("translation", WorkloadDefinition(
-    build=build, presets=PRESETS, extra_keys=("seq_len", "vocab_size"),
-    config_class=T5Config, pretrained_sources=("hub",),
-    fixed_fields=("vocab_size", "pad_token_id", "eos_token_id", "decoder_start_token_id",
-                  "use_cache"),
-))
