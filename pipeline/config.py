@@ -162,8 +162,6 @@ class SweepConfig(_Strict):
         return tuple(trial for block in self.experiments for trial in _block_trials(self, block))
 
 
-# Gauss-Newton smoothness needs a two-class sequence classifier (paper App. D: BERT on IMDB).
-SMOOTHNESS_WORKLOADS = ("classification",)
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*")
 
 
@@ -238,8 +236,10 @@ def _check_block(where: str, block: ExperimentBlock) -> None:
     name = block.workload.get("name")
     if name not in WORKLOADS:
         raise ConfigError(f"{where}.workload.name: unknown workload {name!r}; allowed: {', '.join(WORKLOADS)}")
-    if block.experiment == "smoothness" and name not in SMOOTHNESS_WORKLOADS:
-        raise ConfigError(f"{where}.workload.name: smoothness needs a two-class classifier: {', '.join(SMOOTHNESS_WORKLOADS)}")
+    if block.experiment == "smoothness" and not WORKLOADS[name].supports_smoothness:
+        # Gauss-Newton smoothness needs a two-class classifier (paper App. D: BERT on IMDB).
+        allowed = ", ".join(n for n, d in WORKLOADS.items() if d.supports_smoothness)
+        raise ConfigError(f"{where}.workload.name: smoothness needs a two-class classifier: {allowed}")
     if block.measure.at is not None and block.measure.every is not None:
         raise ConfigError(f"{where}.measure: give `at` or `every`, not both")
     axes = {"seeds": block.seeds, "algorithms": block.algorithms}
