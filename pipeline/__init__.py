@@ -1,1 +1,2 @@
-"""Sweeps that reproduce and extend Pan & Li, "Toward Understanding Why Adam Converges Faster Than SGD for Transformers"."""
+"""Sweeps that reproduce and extend Pan & Li, "Toward Understanding Why Adam Converges Faster Than SGD
+for Transformers"."""

@@ -28,7 +28,8 @@ def sweep_command(args: Sequence[str]) -> int:
         print(USAGE)
         return 0
     if not args or args[0].startswith("-"):
-        return _error(f"sweep: expected a config file, got {list(args)}; usage: python -m pipeline sweep CONFIG [key.path=value ...]")
+        return _error(f"sweep: expected a config file, got {list(args)}; "
+                      "usage: python -m pipeline sweep CONFIG [key.path=value ...]")
     from pipeline.config import ConfigError, load_config
     from pipeline.runner import plan_sweep
 

@@ -230,7 +230,8 @@ def _fields_at(loc: Sequence[Any]) -> list[str]:
 
 def _check_block(where: str, block: ExperimentBlock) -> None:
     if block.experiment not in EXPERIMENTS:
-        raise ConfigError(f"{where}.experiment: unknown experiment {block.experiment!r}; allowed: {', '.join(EXPERIMENTS)}")
+        raise ConfigError(f"{where}.experiment: unknown experiment {block.experiment!r}; "
+                          f"allowed: {', '.join(EXPERIMENTS)}")
     if block.label is not None and not _SAFE_NAME.fullmatch(block.label):
         raise ConfigError(f"{where}.label: {block.label!r} must be a filesystem-safe word")
     name = block.workload.get("name")
@@ -247,7 +248,8 @@ def _check_block(where: str, block: ExperimentBlock) -> None:
              for axis in ("lr", "clip_fraction", "clip_target")}
     for key, values in axes.items():
         if not values:
-            raise ConfigError(f"{where}.{key}: empty {'mapping' if isinstance(values, dict) else 'list'}, so the grid has no trials")
+            kind = "mapping" if isinstance(values, dict) else "list"
+            raise ConfigError(f"{where}.{key}: empty {kind}, so the grid has no trials")
     optimizers = [(f"algorithms.{a}", a, _points(g), g.hparams) for a, g in block.algorithms.items()]
     optimizers += [(f"measure.probes.{i}", p.algorithm, [(p.lr, p.clip_fraction, p.clip_target)], p.hparams)
                    for i, p in enumerate(block.measure.probes)]
@@ -261,7 +263,8 @@ def _check_block(where: str, block: ExperimentBlock) -> None:
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"{where}.{key}: unknown algorithm {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
         if any(lr is None for lr, _, _ in points) and algorithm != "adafactor":
-            raise ConfigError(f"{where}.{key}.lr: null (relative step) is allowed only for adafactor; expected a number > 0")
+            raise ConfigError(f"{where}.{key}.lr: null (relative step) is allowed only for adafactor; "
+                              "expected a number > 0")
         for lr, fraction, target in points:
             try:  # the optimizer's own checks: hyper-parameter names, clip targets it supports
                 make_rule(algorithm, lr=lr, clip_fraction=fraction, clip_target=target, **hparams)

@@ -189,7 +189,7 @@ def table1_sharpness_ratio(rows: Iterable[Row]) -> list[dict[str, object]]:
     ratio_mean averages the seeds whose ratio is not null; n_seeds counts those seeds.
     """
     out = []
-    for key, group in group_rows(rows, TRAJECTORY_KEY + ("step", "probe")).items():
+    for group in group_rows(rows, TRAJECTORY_KEY + ("step", "probe")).values():
         ratios = [float(r["ratio_to_sgd"]) for r in group if r["ratio_to_sgd"] is not None]
         ratio_mean = mean(ratios) if ratios else None
         for r in group:
@@ -207,7 +207,7 @@ def table8_smoothness(rows: Iterable[Row]) -> list[dict[str, object]]:
     ``ratio`` is the mean of each seed's L/ell (not the ratio of the means).
     """
     out = []
-    for key, group in group_rows(rows, TRAJECTORY_KEY + ("outlier_factor", "step")).items():
+    for group in group_rows(rows, TRAJECTORY_KEY + ("outlier_factor", "step")).values():
         first = group[0]
         out.append({
             **{k: first[k] for k in TRAJECTORY_KEY + ("outlier_factor", "step")},

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 if TYPE_CHECKING:
@@ -262,7 +262,8 @@ class MlflowTrialRun:
 
     def flush(self) -> None:
         for start in range(0, len(self._pending), MAX_METRICS_PER_BATCH):
-            self._timed(self._client.log_batch, self.run_id, metrics=self._pending[start : start + MAX_METRICS_PER_BATCH])
+            batch = self._pending[start : start + MAX_METRICS_PER_BATCH]
+            self._timed(self._client.log_batch, self.run_id, metrics=batch)
         self.metrics_logged += len(self._pending)
         self._pending = []
         self._last_flush = time.monotonic()
