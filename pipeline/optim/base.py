@@ -18,7 +18,7 @@ State = dict[str, Any]
 
 @dataclass(frozen=True)
 class Rule:
-    """An optimizer as a pure rule, optax-style: `init(params)`, `update(grads, state, params)`.
+    """An optimizer as a rule, optax-style: `init(params)`, `update(grads, state, params)` (not pure: see below).
 
     `update` returns the steps `x_new - x` (signed and scaled by the learning rate) and the new
     state; the weights are never touched. For speed the state's tensors are updated in place, so
