@@ -9,6 +9,9 @@ import pandas as pd
 import pytest
 
 from pipeline import aggregate
+from pipeline.__main__ import main
+from pipeline.config import Trial
+from pipeline.layout import ResultsLayout
 from pipeline.records import write_trial_records
 
 SWEEP = "syn"
@@ -16,11 +19,16 @@ SWEEP = "syn"
 
 def trial(experiment, algorithm, clip, lr, seed, target="grad", workload="causal_lm"):
     lr_tag = "rel" if lr is None else f"{lr:g}"
-    return {
+    return Trial.model_validate({
         "sweep": SWEEP, "trial_id": f"{experiment}-{workload}-{algorithm}-{target}{clip:g}-lr{lr_tag}-s{seed}",
         "experiment": experiment, "workload": {"name": workload}, "algorithm": algorithm, "clip_fraction": clip,
-        "clip_target": target, "lr": lr, "seed": seed,
-    }
+        "clip_target": target, "lr": lr, "seed": seed, "steps": 100,
+    })
+
+
+def write(sweep_dir, t, records):
+    """A trial's records where the sweep's layout puts them."""
+    write_trial_records(ResultsLayout(sweep_dir).records_dir(t.trial_id), t.identity(), records)
 
 
 # Convergence curves, logged every 10 steps (10 points). The final loss is the mean of the last 5.
@@ -41,7 +49,7 @@ def write_convergence(sweep_dir, order=None):
         rows = [{"step": 10 * i, "train_loss": float(loss), "test_loss": float(loss) + 0.5 if i in (0, 5) else None}
                 for i, loss in enumerate(losses)]
         t = trial("convergence", algorithm, clip, lr, seed)
-        write_trial_records(sweep_dir / "trials" / t["trial_id"], t, {"convergence": rows})
+        write(sweep_dir, t, {"convergence": rows})
 
 
 PROBES = ("sgd", "adam", "adam_clip0.5")
@@ -77,7 +85,7 @@ def write_sharpness(sweep_dir, with_landscape=True):
         records = {"sharpness": sharp, "curvature": curv}
         if with_landscape:
             records.update(landscape=land, histogram=hist)
-        write_trial_records(sweep_dir / "trials" / t["trial_id"], t, records)
+        write(sweep_dir, t, records)
 
 
 # Gauss-Newton smoothness per seed and step: (L, ell, eps).
@@ -89,7 +97,7 @@ def write_smoothness(sweep_dir):
         t = trial("smoothness", "adam", 0.0, 0.001, seed, workload="classification")
         rows = [{"step": step, "L": L, "ell": ell, "ratio": L / ell, "fraction_removed": eps,
                  "outlier_factor": 4.0, "n_samples": 16} for step, (L, ell, eps) in by_step.items()]
-        write_trial_records(sweep_dir / "trials" / t["trial_id"], t, {"smoothness": rows})
+        write(sweep_dir, t, {"smoothness": rows})
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +106,7 @@ def sweep(tmp_path_factory):
     write_convergence(sweep_dir)
     write_sharpness(sweep_dir)
     write_smoothness(sweep_dir)
-    written = aggregate.aggregate(sweep_dir, report=False)
+    written = aggregate.aggregate(ResultsLayout(sweep_dir))
     return sweep_dir, written
 
 
@@ -208,28 +216,33 @@ def test_curvature_joined_with_raw_sharpness(sweep):
     assert robust.directional_sharpness == -0.5  # the raw value, not the robust one
 
 
+def _table_bytes(layout, names):
+    return {name: layout.table_path(name).read_bytes() for name in names}
+
+
 def test_reaggregation_is_byte_identical_and_order_independent(sweep, tmp_path):
     sweep_dir, written = sweep
-    before = {name: path.read_bytes() for name, path in written.items()}
-    again = aggregate.aggregate(sweep_dir, report=False)
-    assert {name: path.read_bytes() for name, path in again.items()} == before
+    layout = ResultsLayout(sweep_dir)
+    before = _table_bytes(layout, written)
+    again = aggregate.aggregate(layout)
+    assert _table_bytes(layout, again) == before
     other = tmp_path / SWEEP  # same trials, written in reverse order
     write_smoothness(other)
     write_sharpness(other)
     write_convergence(other, order=lambda items: items[::-1])
-    third = aggregate.aggregate(other, report=False)
-    assert {name: path.read_bytes() for name, path in third.items()} == before
+    third = aggregate.aggregate(ResultsLayout(other))
+    assert _table_bytes(ResultsLayout(other), third) == before
 
 
 def test_only_convergence_trials(tmp_path):
     write_convergence(tmp_path)
-    written = aggregate.aggregate(tmp_path, report=False)
+    written = aggregate.aggregate(ResultsLayout(tmp_path))
     assert set(written) == {"convergence", "convergence_summary", "table3_convergence"}
 
 
 def test_sharpness_experiment_always_gives_landscape_and_histogram(tmp_path):
     write_sharpness(tmp_path, with_landscape=False)
-    written = aggregate.aggregate(tmp_path, report=False)
+    written = aggregate.aggregate(ResultsLayout(tmp_path))
     assert {"sharpness", "landscape", "histogram", "table1_sharpness_ratio", "curvature"} <= set(written)
     assert len(table(tmp_path, "landscape")) == 0 and "offset" in table(tmp_path, "landscape").columns
 
@@ -239,7 +252,7 @@ def test_stale_tables_are_removed(tmp_path):
     stale = tmp_path / "tables" / "table8_smoothness.parquet"
     stale.parent.mkdir()
     stale.write_bytes(b"old")
-    aggregate.aggregate(tmp_path, report=False)
+    aggregate.aggregate(ResultsLayout(tmp_path))
     assert not stale.exists()
 
 
@@ -250,25 +263,30 @@ def _error_line(capsys):
 
 
 def test_main_errors(tmp_path, capsys):
-    assert aggregate.main([str(tmp_path / "nope")]) == 2
+    assert main(["aggregate", str(tmp_path / "nope")]) == 2
     assert "does not exist" in _error_line(capsys)
-    assert aggregate.main([str(tmp_path)]) == 2
+    assert main(["aggregate", str(tmp_path)]) == 2
     assert "no sweep" in _error_line(capsys)
     (tmp_path / "empty" / "trials").mkdir(parents=True)
-    assert aggregate.main([str(tmp_path / "empty")]) == 2
+    assert main(["aggregate", str(tmp_path / "empty")]) == 2
     assert "no trial records" in _error_line(capsys)
-    assert aggregate.main([]) == 2
+    assert main(["aggregate"]) == 2
     assert "RESULTS_DIR" in _error_line(capsys)
 
 
 def test_main_resolves_the_sweep_dir(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(aggregate, "aggregate", lambda path: {"report": path / "report.md"})
+    from pipeline import report
+
+    seen = []
+    monkeypatch.setattr(aggregate, "aggregate", lambda layout: seen.append(layout.sweep_dir) or {})
+    monkeypatch.setattr(report, "write_report", lambda layout, tables: {"report": layout.report_path})
     (tmp_path / "a" / "trials").mkdir(parents=True)
-    assert aggregate.main([str(tmp_path)]) == 0
+    assert main(["aggregate", str(tmp_path)]) == 0
     assert str(tmp_path / "a") in capsys.readouterr().out
-    assert aggregate.main(["aggregate", str(tmp_path / "a")]) == 0
+    assert main(["aggregate", str(tmp_path / "a")]) == 0
+    assert seen == [tmp_path / "a", tmp_path / "a"]
     capsys.readouterr()
     (tmp_path / "b" / "trials").mkdir(parents=True)
-    assert aggregate.main([str(tmp_path)]) == 2
+    assert main(["aggregate", str(tmp_path)]) == 2
     err = _error_line(capsys)
     assert "2 sweeps" in err and str(tmp_path / "a") in err and str(tmp_path / "b") in err

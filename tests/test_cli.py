@@ -13,7 +13,7 @@ import pytest
 
 from pipeline import sweep
 from pipeline.__main__ import main
-from pipeline.config import expand, load_config
+from pipeline.config import load_config
 from pipeline.optim import ALGORITHMS
 from pipeline.workloads import WORKLOADS
 
@@ -66,18 +66,24 @@ BAD_INPUT = {
     "missing config file": (lambda tmp: ["nope/missing.yaml"], "error: nope/missing.yaml: no such config file"),
     "malformed yaml": (lambda tmp: [write(tmp, "bad.yaml", "name: x\nexperiments:\n  - steps: 3\n   seeds: [0]\n")],
                        "bad.yaml: malformed YAML at line 4"),
-    "unknown key": (lambda tmp: [str(SMOKE), "experiments.0.measure.lanczos=3"], "error: experiments.0.measure.lanczos: unknown key"),
+    "unknown key": (lambda tmp: [str(SMOKE), "experiments.0.measure.lanczos=3"],
+                    "error: experiments.0.measure.lanczos: unknown key"),
     "unknown algorithm": (lambda tmp: [str(SMOKE), "experiments.1.algorithms.adamw.lr=0.1"],
-                          "error: experiments.1.algorithms.adamw: unknown algorithm 'adamw'; allowed: " + ", ".join(ALGORITHMS)),
+                          "error: experiments.1.algorithms.adamw: unknown algorithm 'adamw'; allowed: "
+                          + ", ".join(ALGORITHMS)),
     "unknown workload": (lambda tmp: [str(SMOKE), "experiments.0.workload.name=gpt2"],
-                         "error: experiments.0.workload.name: unknown workload 'gpt2'; allowed: " + ", ".join(WORKLOADS)),
+                         "error: experiments.0.workload.name: unknown workload 'gpt2'; allowed: "
+                         + ", ".join(WORKLOADS)),
     "clip fraction above 1": (lambda tmp: [str(SMOKE), "experiments.1.algorithms.sgd.clip_fraction=[0.1, 2]"],
                               "error: experiments.1.algorithms.sgd.clip_fraction.1: "),
     "negative clip fraction": (lambda tmp: [str(SMOKE), "experiments.1.algorithms.sgd.clip_fraction=-0.5"],
                                "error: experiments.1.algorithms.sgd.clip_fraction.0: "),
-    "lr zero": (lambda tmp: [str(SMOKE), "experiments.1.algorithms.adam.lr=0"], "error: experiments.1.algorithms.adam.lr.0: "),
-    "lr negative": (lambda tmp: [str(SMOKE), "experiments.0.algorithms.sgd.lr=-0.1"], "error: experiments.0.algorithms.sgd.lr.0: "),
-    "empty grid": (lambda tmp: [str(SMOKE), "experiments=[]"], "error: experiments: empty list, so the grid has no trials"),
+    "lr zero": (lambda tmp: [str(SMOKE), "experiments.1.algorithms.adam.lr=0"],
+                "error: experiments.1.algorithms.adam.lr.0: "),
+    "lr negative": (lambda tmp: [str(SMOKE), "experiments.0.algorithms.sgd.lr=-0.1"],
+                    "error: experiments.0.algorithms.sgd.lr.0: "),
+    "empty grid": (lambda tmp: [str(SMOKE), "experiments=[]"],
+                   "error: experiments: empty list, so the grid has no trials"),
     "empty seeds": (lambda tmp: [str(SMOKE), "experiments.1.seeds=[]"], "error: experiments.1.seeds: empty list"),
     "results dir under a file": (lambda tmp: [str(SMOKE), f"results_dir={write(tmp, 'afile', 'x')}/results"],
                                  "error: results_dir: cannot create "),
@@ -115,14 +121,14 @@ def test_an_unwritable_results_directory_is_refused(tmp_path, capsys, no_ray):
 
 def test_an_earlier_sweep_with_another_config_is_left_alone(tmp_path, capsys, earlier, no_ray):
     results, snapshot = earlier
-    trial = expand(load_config(SMOKE, [f"results_dir={results}"]))[0]
-    done = results / "smoke" / "trials" / trial["trial_id"] / "trial.json"
+    trial = load_config(SMOKE, [f"results_dir={results}"]).trials[0]
+    done = results / "smoke" / "trials" / trial.trial_id / "trial.json"
     done.parent.mkdir(parents=True)
-    done.write_text(json.dumps({**trial, "steps": 99}))
+    done.write_text(json.dumps({**trial.to_json(), "steps": 99}))
     before = snapshot()
     assert main(["sweep", str(SMOKE), f"results_dir={results}"]) == 2
     line = one_error_line(capsys)
-    assert f"already holds trial {trial['trial_id']} with a different config" in line
+    assert f"already holds trial {trial.trial_id} with a different config" in line
     assert snapshot() == before
 
 
@@ -141,11 +147,13 @@ def test_commands_and_their_delegates_refuse_bad_arguments(argv, needle, capsys)
 
 def test_the_real_command_exits_2_without_starting_ray(tmp_path):
     ray_dir = tmp_path / "ray"
-    env = {**os.environ, "RAY_TMPDIR": str(ray_dir), "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {**os.environ, "RAY_TMPDIR": str(ray_dir),
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     done = subprocess.run([sys.executable, "-m", "pipeline", "sweep", str(SMOKE), "experiments.0.algorithms.sgd.lr=-1"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 2
-    assert done.stderr.splitlines() == ["error: experiments.0.algorithms.sgd.lr.0: Input should be greater than 0 (got -1)"]
+    assert done.stderr.splitlines() == [
+        "error: experiments.0.algorithms.sgd.lr.0: Input should be greater than 0 (got -1)"]
     assert done.stdout == "" and not ray_dir.exists() and not (tmp_path / "mlflow.db").exists()
 
 

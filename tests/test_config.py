@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, apply_overrides, expand, load_config, optimizer_label, validate
+from pipeline.config import ConfigError, Trial, apply_overrides, load_config, validate
 from pipeline.experiments import EXPERIMENTS
+from pipeline.labels import DEFAULT_PROBES, optimizer_label
 from pipeline.optim import ALGORITHMS
 from pipeline.records import identifying_values
 from pipeline.workloads import WORKLOADS
@@ -19,7 +20,7 @@ from pipeline.workloads import WORKLOADS
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "conf").rglob("*.yaml"))
 SMOKE = ROOT / "conf" / "smoke.yaml"
-TRIAL_KEYS = {"sweep", "trial_id", "experiment", "workload", "algorithm", "clip_fraction", "clip_target",
+TRIAL_KEYS = {"sweep", "trial_id", "experiment", "label", "workload", "algorithm", "clip_fraction", "clip_target",
               "lr", "hparams", "seed", "steps", "device", "measure", "eval_every"}
 
 
@@ -38,14 +39,15 @@ def error_of(raw: dict) -> str:
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])
 def test_every_config_file_loads_and_expands(path):
     config = load_config(path)
-    trials = expand(config)
+    trials = config.trials
     assert trials
-    ids = [t["trial_id"] for t in trials]
+    ids = [t.trial_id for t in trials]
     assert len(set(ids)) == len(ids)
     for trial in trials:
-        assert set(trial) == TRIAL_KEYS
-        assert re.fullmatch(r"[A-Za-z0-9_.=-]+", trial["trial_id"]), trial["trial_id"]
-        identifying_values(trial)  # what the records writer needs is there
+        assert isinstance(trial, Trial)
+        assert set(trial.to_json()) == TRIAL_KEYS
+        assert re.fullmatch(r"[A-Za-z0-9_.=-]+", trial.trial_id), trial.trial_id
+        identifying_values(trial.identity())  # what the records writer needs is there
 
 
 def test_conf_holds_the_smoke_config():
@@ -54,7 +56,7 @@ def test_conf_holds_the_smoke_config():
 
 def test_smoke_grid_is_the_product_of_its_axes():
     raw = smoke_raw()
-    trials = expand(validate(raw))
+    trials = validate(raw).trials
     expected = 0
     for block in raw["experiments"]:
         for grid in block["algorithms"].values():
@@ -63,10 +65,10 @@ def test_smoke_grid_is_the_product_of_its_axes():
             expected += len(list(itertools.product(*axes)))
     assert len(trials) == expected
     first = trials[0]
-    assert first["trial_id"] == "sharpness-causal_lm-sgd-lr0.1-seed0"
-    assert first["workload"]["name"] == "causal_lm" and first["workload"]["batch_size"] == 4
-    assert first["measure"]["at"] == raw["experiments"][0]["measure"]["at"]
-    assert "probes" not in first["measure"]  # "default": the experiment's own twelve
+    assert first.trial_id == "sharpness-causal_lm-sgd-lr0.1-seed0"
+    assert first.workload["name"] == "causal_lm" and first.workload["batch_size"] == 4
+    assert first.measure.at == raw["experiments"][0]["measure"]["at"]
+    assert first.measure.probes == DEFAULT_PROBES  # "default": the experiment's own twelve
 
 
 def test_trial_ids_read_like_probe_labels():
@@ -76,7 +78,7 @@ def test_trial_ids_read_like_probe_labels():
         "adam": {"lr": [1e-3], "clip_fraction": [0.0, 0.5], "clip_target": ["grad", "update"]},
         "adafactor": {"lr": None},
     }
-    ids = [t["trial_id"] for t in expand(validate(raw)) if t["seed"] == 0]
+    ids = [t.trial_id for t in validate(raw).trials if t.seed == 0]
     # No clipping makes the target meaningless: one trial, not two.
     assert ids == [
         "convergence-causal_lm-adam-lr0.001-seed0",
@@ -202,7 +204,8 @@ def test_registry_names_are_checked_and_the_allowed_ones_listed():
     ("experiments.1.algorithms.sgd.clip_fraction", -0.1, "experiments.1.algorithms.sgd.clip_fraction.0:"),
     ("experiments.1.algorithms.sgd.lr", 0, "experiments.1.algorithms.sgd.lr.0: Input should be greater than 0"),
     ("experiments.1.algorithms.adam.lr", [-1e-3], "experiments.1.algorithms.adam.lr.0: Input should be greater than 0"),
-    ("experiments.1.algorithms.sgd.lr", None, "experiments.1.algorithms.sgd.lr: null (relative step) is allowed only for adafactor"),
+    ("experiments.1.algorithms.sgd.lr", None,
+     "experiments.1.algorithms.sgd.lr: null (relative step) is allowed only for adafactor"),
     ("experiments.0.steps", 2.5, "experiments.0.steps: Input should be a valid integer"),
     ("experiments.0.steps", True, "experiments.0.steps: Input should be a valid integer"),
     ("experiments.0.workload.size", "huge", "experiments.0.workload.size: "),
@@ -211,8 +214,10 @@ def test_registry_names_are_checked_and_the_allowed_ones_listed():
     ("device", "cuda", "device: 'cuda' needs resources_per_trial.gpu > 0"),
     ("name", "a/b", "name: 'a/b' must be a filesystem-safe word"),
     ("experiments.0.experiment", "smoothness", "experiments.0.workload.name: smoothness needs a two-class classifier"),
-    ("experiments.0.measure.probes", [{"label": "x", "algorithm": "adamw"}], "experiments.0.measure.probes.0: unknown algorithm 'adamw'"),
-    ("experiments.0.measure.probes", [{"label": "x", "algorithm": "sgd", "lr": None}], "experiments.0.measure.probes.0.lr: null"),
+    ("experiments.0.measure.probes", [{"label": "x", "algorithm": "adamw"}],
+     "experiments.0.measure.probes.0: unknown algorithm 'adamw'"),
+    ("experiments.0.measure.probes", [{"label": "x", "algorithm": "sgd", "lr": None}],
+     "experiments.0.measure.probes.0.lr: null"),
 ])
 def test_values_out_of_range_name_the_key(path, value, needle):
     message = error_of(_set(smoke_raw(), path, value))
@@ -221,7 +226,7 @@ def test_values_out_of_range_name_the_key(path, value, needle):
 
 def test_relative_step_is_allowed_for_adafactor_only():
     raw = _set(smoke_raw(), "experiments.1.algorithms.adafactor", {"lr": [None, 0.01]})
-    lrs = [t["lr"] for t in expand(validate(raw)) if t["algorithm"] == "adafactor"]
+    lrs = [t.lr for t in validate(raw).trials if t.algorithm == "adafactor"]
     assert lrs == [None, None, 0.01, 0.01]
 
 
@@ -242,7 +247,7 @@ def test_blocks_that_repeat_trial_ids_need_a_label():
     raw["experiments"].append(copy.deepcopy(raw["experiments"][1]))
     assert "repeats one of experiments.1; give one block a distinct `label`" in error_of(raw)
     raw["experiments"][2]["label"] = "again"
-    ids = [t["trial_id"] for t in expand(validate(raw))]
+    ids = [t.trial_id for t in validate(raw).trials]
     assert "again-convergence-causal_lm-adam-lr0.001-seed1" in ids and len(set(ids)) == len(ids)
 
 
@@ -250,12 +255,12 @@ def test_optimizer_hyper_parameters_are_checked_by_the_optimizer_itself():
     raw = _set(smoke_raw(), "experiments.1.algorithms.sgd.hparams", {"bogus_knob": 1.0})
     assert error_of(raw).startswith("experiments.1.algorithms.sgd: ")
     raw = _set(smoke_raw(), "experiments.1.algorithms.sgd.hparams", {"momentum": 0.5})
-    trials = [t for t in expand(validate(raw)) if t["experiment"] == "convergence" and t["algorithm"] == "sgd"]
-    assert {t["hparams"]["momentum"] for t in trials} == {0.5}
+    trials = [t for t in validate(raw).trials if t.experiment == "convergence" and t.algorithm == "sgd"]
+    assert {t.hparams["momentum"] for t in trials} == {0.5}
 
 
 def test_data_dir_reaches_every_workload_as_an_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = validate(_set(smoke_raw(), "data_dir", "cache"))
-    assert {t["workload"]["data_dir"] for t in expand(config)} == {str(tmp_path / "cache")}
-    assert config.sweep_dir == tmp_path / "results" / "smoke"
+    assert {t.workload["data_dir"] for t in config.trials} == {str(tmp_path / "cache")}
+    assert config.layout.sweep_dir == tmp_path / "results" / "smoke"

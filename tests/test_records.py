@@ -12,13 +12,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import records
+from pipeline.config import Trial
+from pipeline.layout import ResultsLayout
 from pipeline.schemas import IDENTIFYING_COLUMNS, TRIAL_TABLES
 
-TRIAL = {
+TRIAL = Trial.model_validate({
     "sweep": "unit", "trial_id": "convergence-causal_lm-adafactor-c0-lrrel-s3", "experiment": "convergence",
     "workload": {"name": "causal_lm", "size": "tiny"}, "algorithm": "adafactor", "clip_fraction": 0.0,
     "clip_target": "grad", "lr": None, "seed": 3, "steps": 4, "device": "cpu", "hparams": {},
-}
+})
+# What the records writer takes: the trial's identifying columns (tests tamper with a copy).
+IDENTITY = TRIAL.identity()
 
 
 def conv_rows(n: int = 4) -> list[dict]:
@@ -36,7 +40,8 @@ def sharp_row(step: int = 0, probe: str = "sgd", **changes) -> dict:
 
 
 def test_round_trip_adds_identifying_columns(tmp_path):
-    paths = records.write_trial_records(tmp_path / "trials" / "t", TRIAL, {"convergence": conv_rows()})
+    layout = ResultsLayout(tmp_path)
+    paths = records.write_trial_records(layout.records_dir("t"), TRIAL.identity(), {"convergence": conv_rows()})
     assert paths == [tmp_path / "trials" / "t" / "records" / "convergence.parquet"]
     df = pd.read_parquet(paths[0])
     assert list(df.columns) == list(IDENTIFYING_COLUMNS) + ["step", "train_loss", "test_loss"]
@@ -54,10 +59,10 @@ def test_experiment_rows_in_any_order_give_identical_bytes(tmp_path):
     rows = [sharp_row(step, probe, sharpness=float(step + i)) for step in (0, 10) for i, probe in enumerate("abc")]
     shuffled = rows[:]
     random.Random(0).shuffle(shuffled)
-    trial = {**TRIAL, "experiment": "sharpness"}
-    a = records.write_trial_records(tmp_path / "a", trial, {"sharpness": rows})[0].read_bytes()
-    b = records.write_trial_records(tmp_path / "b", trial, {"sharpness": shuffled})[0].read_bytes()
-    again = records.write_trial_records(tmp_path / "a", trial, {"sharpness": rows})[0].read_bytes()
+    trial = {**IDENTITY, "experiment": "sharpness"}
+    a = records.write_trial_records(tmp_path / "a" / "records", trial, {"sharpness": rows})[0].read_bytes()
+    b = records.write_trial_records(tmp_path / "b" / "records", trial, {"sharpness": shuffled})[0].read_bytes()
+    again = records.write_trial_records(tmp_path / "a" / "records", trial, {"sharpness": rows})[0].read_bytes()
     assert a == b == again
     steps = pq.read_table(tmp_path / "b" / "records" / "sharpness.parquet").column("step").to_pylist()
     assert steps == sorted(steps)
@@ -78,42 +83,43 @@ def test_experiment_rows_in_any_order_give_identical_bytes(tmp_path):
 )
 def test_schema_violations_name_table_and_column(tmp_path, row, needle):
     with pytest.raises(ValueError, match="sharpness") as err:
-        records.write_trial_records(tmp_path, TRIAL, {"sharpness": [sharp_row(10), row]})
+        records.write_trial_records(tmp_path / "records", IDENTITY, {"sharpness": [sharp_row(10), row]})
     assert needle in str(err.value)
     assert not (tmp_path / "records").exists()
 
 
 def test_bad_table_leaves_no_file_for_the_good_ones(tmp_path):
     with pytest.raises(ValueError, match="'convergence'.*'train_loss'"):
-        records.write_trial_records(tmp_path, TRIAL, {"sharpness": [sharp_row()], "convergence": [{"step": 0}]})
+        records.write_trial_records(tmp_path / "records", IDENTITY,
+                                    {"sharpness": [sharp_row()], "convergence": [{"step": 0}]})
     assert not (tmp_path / "records").exists()
 
 
 def test_unknown_table_and_incomplete_trial_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown table 'sharpnes'"):
-        records.write_trial_records(tmp_path, TRIAL, {"sharpnes": []})
+        records.write_trial_records(tmp_path, IDENTITY, {"sharpnes": []})
     with pytest.raises(ValueError, match=r"trial: missing key\(s\) \['seed'\]"):
-        records.write_trial_records(tmp_path, {k: v for k, v in TRIAL.items() if k != "seed"}, {})
+        records.write_trial_records(tmp_path, {k: v for k, v in IDENTITY.items() if k != "seed"}, {})
     with pytest.raises(ValueError, match="trial: column 'clip_fraction'"):
-        records.write_trial_records(tmp_path, {**TRIAL, "clip_fraction": "0.1"}, {})
+        records.write_trial_records(tmp_path, {**IDENTITY, "clip_fraction": "0.1"}, {})
 
 
 def test_numpy_scalars_are_accepted(tmp_path):
     row = {"step": np.int64(2), "train_loss": np.float32(0.5), "test_loss": np.float64(0.25)}
-    path = records.write_trial_records(tmp_path, {**TRIAL, "seed": np.int64(1)}, {"convergence": [row]})[0]
+    path = records.write_trial_records(tmp_path, {**IDENTITY, "seed": np.int64(1)}, {"convergence": [row]})[0]
     assert pq.read_table(path).to_pylist()[0]["train_loss"] == 0.5
 
 
 def test_empty_table_is_written_with_its_schema(tmp_path):
-    path = records.write_trial_records(tmp_path, TRIAL, {"histogram": []})[0]
+    path = records.write_trial_records(tmp_path, IDENTITY, {"histogram": []})[0]
     table = pq.read_table(path)
     assert table.num_rows == 0 and table.schema.names == TRIAL_TABLES["histogram"].schema.names
 
 
 @pytest.mark.parametrize("failing", ["fsync", "replace"])
 def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch, failing):
-    trial_dir = tmp_path / "trial"
-    path = records.write_trial_records(trial_dir, TRIAL, {"convergence": conv_rows(2)})[0]
+    records_dir = tmp_path / "trial" / "records"
+    path = records.write_trial_records(records_dir, IDENTITY, {"convergence": conv_rows(2)})[0]
     before = path.read_bytes()
 
     def boom(*args, **kwargs):
@@ -121,27 +127,27 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch, f
 
     monkeypatch.setattr(os, failing, boom)
     with pytest.raises(OSError, match="disk full"):
-        records.write_trial_records(trial_dir, TRIAL, {"convergence": conv_rows(4)})
+        records.write_trial_records(records_dir, IDENTITY, {"convergence": conv_rows(4)})
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["convergence.parquet"]
 
 
-def _write_trials(sweep_dir, order):
+def _write_trials(layout, order):
     for seed in order:
-        trial = {**TRIAL, "trial_id": f"t{seed}", "seed": seed, "lr": 0.1 * (seed + 1)}
-        records.write_trial_records(sweep_dir / "trials" / f"t{seed}", trial, {"convergence": conv_rows(3)})
+        trial = TRIAL.model_copy(update={"trial_id": f"t{seed}", "seed": seed, "lr": 0.1 * (seed + 1)})
+        records.write_trial_records(layout.records_dir(trial.trial_id), trial.identity(), {"convergence": conv_rows(3)})
 
 
 def test_read_trial_records_is_sorted_and_independent_of_write_order(tmp_path):
-    _write_trials(tmp_path / "x", [2, 0, 1])
-    _write_trials(tmp_path / "y", [1, 2, 0])
-    x = records.read_trial_records(tmp_path / "x")
-    y = records.read_trial_records(tmp_path / "y")
+    _write_trials(ResultsLayout(tmp_path / "x"), [2, 0, 1])
+    _write_trials(ResultsLayout(tmp_path / "y"), [1, 2, 0])
+    x = records.read_trial_records(ResultsLayout(tmp_path / "x"))
+    y = records.read_trial_records(ResultsLayout(tmp_path / "y"))
     assert list(x) == ["convergence"] and x["convergence"].equals(y["convergence"])
     assert x["convergence"].num_rows == 9
     assert x["convergence"].column("trial_id").to_pylist() == ["t0"] * 3 + ["t1"] * 3 + ["t2"] * 3
-    assert records.read_trial_records(tmp_path / "missing") == {}
+    assert records.read_trial_records(ResultsLayout(tmp_path / "missing")) == {}
 
 
 def test_read_rejects_a_file_with_a_foreign_schema(tmp_path):
@@ -149,16 +155,16 @@ def test_read_rejects_a_file_with_a_foreign_schema(tmp_path):
     bad.parent.mkdir(parents=True)
     pq.write_table(pa.table({"step": [1]}), bad)
     with pytest.raises(ValueError, match="convergence.parquet"):
-        records.read_trial_records(tmp_path)
+        records.read_trial_records(ResultsLayout(tmp_path))
 
 
 def test_duckdb_reads_records(tmp_path):
     duckdb = pytest.importorskip("duckdb")
-    path = records.write_trial_records(tmp_path, {**TRIAL, "lr": 0.5}, {"convergence": conv_rows()})[0]
+    path = records.write_trial_records(tmp_path, {**IDENTITY, "lr": 0.5}, {"convergence": conv_rows()})[0]
     assert duckdb.sql(f"select sum(train_loss), count(test_loss) from '{path}'").fetchall() == [(14.0, 2)]
 
 
 def test_polars_reads_records(tmp_path):
     pl = pytest.importorskip("polars")
-    path = records.write_trial_records(tmp_path, {**TRIAL, "lr": 0.5}, {"convergence": conv_rows()})[0]
+    path = records.write_trial_records(tmp_path, {**IDENTITY, "lr": 0.5}, {"convergence": conv_rows()})[0]
     assert pl.read_parquet(path)["lr"].to_list() == [0.5] * 4

@@ -8,16 +8,32 @@ import pytest
 from PIL import Image
 
 from pipeline import aggregate
+from pipeline.config import Trial
+from pipeline.layout import ResultsLayout
 from pipeline.records import write_trial_records
+from pipeline.report import write_report
 from pipeline.schemas import OUTPUT_TABLES
 
 
 def trial(experiment, algorithm, seed, *, clip=0.0, lr=0.1, workload="translation"):
-    return {
+    return Trial.model_validate({
         "sweep": "rep", "trial_id": f"{experiment}-{algorithm}-c{clip:g}-s{seed}", "experiment": experiment,
         "workload": {"name": workload}, "algorithm": algorithm, "clip_fraction": clip, "clip_target": "grad",
-        "lr": lr, "seed": seed,
-    }
+        "lr": lr, "seed": seed, "steps": 100,
+    })
+
+
+def write(sweep_dir, t, records):
+    """A trial's records where the sweep's layout puts them."""
+    write_trial_records(ResultsLayout(sweep_dir).records_dir(t.trial_id), t.identity(), records)
+
+
+def aggregate_and_report(sweep_dir):
+    """What `python -m pipeline aggregate` does: the tables, then the figures and report.md from them.
+    Returns name -> path: the table names, "report" and "figure:<stem>"."""
+    layout = ResultsLayout(sweep_dir)
+    tables = aggregate.aggregate(layout)
+    return {**{name: layout.table_path(name) for name in tables}, **write_report(layout, tables)}
 
 
 def write_sharpness(sweep_dir, seed):
@@ -35,8 +51,7 @@ def write_sharpness(sweep_dir, seed):
                      "lanczos_converged": True, "hutchinson_samples": 4, "rank_corr_all": 0.25,
                      "rank_corr_topk": 0.5, "topk_fraction": 0.1})
     t = trial("sharpness", "sgd", seed)
-    write_trial_records(sweep_dir / "trials" / t["trial_id"], t,
-                        {"sharpness": sharp, "landscape": land, "histogram": hist, "curvature": curv})
+    write(sweep_dir, t, {"sharpness": sharp, "landscape": land, "histogram": hist, "curvature": curv})
 
 
 def write_convergence(sweep_dir):
@@ -44,14 +59,14 @@ def write_convergence(sweep_dir):
         for seed in (0, 1):
             rows = [{"step": i, "train_loss": 20.0 - slope * i + seed, "test_loss": None} for i in range(8)]
             t = trial("convergence", "sgd", seed, clip=clip)
-            write_trial_records(sweep_dir / "trials" / t["trial_id"], t, {"convergence": rows})
+            write(sweep_dir, t, {"convergence": rows})
 
 
 def write_smoothness(sweep_dir):
     t = trial("smoothness", "adam", 0, lr=0.001, workload="classification")
     rows = [{"step": s, "L": 9.0, "ell": 3.0, "ratio": 3.0, "fraction_removed": 0.01, "outlier_factor": 2.0,
              "n_samples": 8} for s in (0, 5)]
-    write_trial_records(sweep_dir / "trials" / t["trial_id"], t, {"smoothness": rows})
+    write(sweep_dir, t, {"smoothness": rows})
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +76,7 @@ def full(tmp_path_factory):
     write_sharpness(sweep_dir, 1)
     write_convergence(sweep_dir)
     write_smoothness(sweep_dir)
-    return sweep_dir, aggregate.aggregate(sweep_dir)
+    return sweep_dir, aggregate_and_report(sweep_dir)
 
 
 def _links(text):
@@ -120,7 +135,7 @@ def test_report_is_reproducible(full):
     sweep_dir, _ = full
     before = (sweep_dir / "report.md").read_bytes()
     tables = {p.name: p.read_bytes() for p in (sweep_dir / "tables").glob("*.parquet")}
-    aggregate.aggregate(sweep_dir)
+    aggregate_and_report(sweep_dir)
     assert (sweep_dir / "report.md").read_bytes() == before
     assert {p.name: p.read_bytes() for p in (sweep_dir / "tables").glob("*.parquet")} == tables
 
@@ -129,7 +144,7 @@ def test_only_convergence_trials(tmp_path):
     write_convergence(tmp_path)
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "landscape_old.png").write_bytes(b"stale")
-    written = aggregate.aggregate(tmp_path)
+    written = aggregate_and_report(tmp_path)
     assert [p.name for p in (tmp_path / "figures").glob("*.png")] == ["loss_translation.png"]
     text = written["report"].read_text()
     assert _links(text) == ["figures/loss_translation.png"]

@@ -16,15 +16,18 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline import tracking
+from pipeline.config import Trial
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fake_trial(index: int = 0, steps: int = 10) -> dict:
-    return {"sweep": "t", "trial_id": f"trial{index}", "experiment": "convergence",
-            "workload": {"name": "causal_lm", "size": "tiny"}, "algorithm": "adam", "clip_fraction": 0.5,
-            "clip_target": "update", "lr": None, "hparams": {}, "seed": index, "steps": steps,
-            "measure": {"at": [0, 5]}}
+def fake_trial(index: int = 0, steps: int = 10, **changes) -> Trial:
+    return Trial.model_validate({
+        "sweep": "t", "trial_id": f"trial{index}", "experiment": "convergence",
+        "workload": {"name": "causal_lm", "size": "tiny"}, "algorithm": "adam", "clip_fraction": 0.5,
+        "clip_target": "update", "lr": None, "hparams": {}, "seed": index, "steps": steps,
+        "measure": {"at": [0, 5]}, **changes,
+    })
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +62,9 @@ def test_an_unusable_store_is_one_line_naming_tracking_uri(tmp_path):
 
 
 def test_flatten_and_tags_describe_the_trial():
-    flat = tracking.flatten(fake_trial(3))
+    flat = tracking.flatten(fake_trial(3).params())
     assert flat["workload.name"] == "causal_lm" and flat["measure.at"] == "[0, 5]" and flat["lr"] == "None"
-    tags = tracking.trial_tags(fake_trial(3), "adam_clipupdate0.5")
+    tags = tracking.trial_tags(fake_trial(3))
     assert tags["workload"] == "causal_lm" and tags["lr"] == "relative_step" and tags["seed"] == "3"
     assert tags["trajectory"] == "adam_clipupdate0.5" and tags["clip_target"] == "update"
 
@@ -84,30 +87,30 @@ def test_metric_stride_keeps_sparse_metrics_and_every_curve_end():
 
 def test_a_trial_run_logs_every_stride_th_step_and_the_last(store, monkeypatch):
     monkeypatch.setattr(tracking, "FLUSH_METRICS", 25)  # several batches: flushes must not add points
-    target = tracking.start_sweep(f"sqlite:///{store}", "stride", tags={})
-    run = tracking.TrialRun(target, fake_trial(steps=1000), trajectory="adam_clipupdate0.5")
+    sweep_run = tracking.open_tracker(f"sqlite:///{store}").start_sweep("stride", tags={})
+    run = sweep_run.start_trial(fake_trial(steps=1000))
     for step in range(1000):
         run.log(step, {"train_loss": float(step)} | ({"sharpness/sgd": 1.0} if step % 100 == 0 else {}))
     run.end()
-    history = MlflowClient(target.uri).get_metric_history(run.run_id, "train_loss")
+    history = MlflowClient(sweep_run.uri).get_metric_history(run.run_id, "train_loss")
     assert sorted(m.step for m in history) == list(range(0, 1000, 5)) + [999]
     assert all(m.value == m.step for m in history)
-    assert len(MlflowClient(target.uri).get_metric_history(run.run_id, "sharpness/sgd")) == 10
+    assert len(MlflowClient(sweep_run.uri).get_metric_history(run.run_id, "sharpness/sgd")) == 10
 
 
 def test_trial_run_splits_batches_at_mlflows_limits(store, tmp_path):
     uri = f"sqlite:///{store}"
-    target = tracking.start_sweep(uri, "limits", tags={})
-    trial = fake_trial(steps=2) | {"hparams": {f"h{i}": i for i in range(150)}}  # > 100 params
-    run = tracking.TrialRun(target, trial, trajectory="adam_clipupdate0.5")
+    sweep_run = tracking.start_sweep(uri, "limits", tags={})
+    trial = fake_trial(steps=2, hparams={f"h{i}": i for i in range(150)})  # > 100 params
+    run = tracking.MlflowTrialRun(sweep_run, trial)
     run.log(0, {f"m{i}": float(i) for i in range(2500)})  # > 1000 metrics in one step
     (tmp_path / "a.txt").write_text("x")
     run.log_artifacts([tmp_path / "a.txt"], "records")
     run.end()
     client = MlflowClient(uri)
     child = client.get_run(run.run_id)
-    assert child.data.tags["mlflow.parentRunId"] == target.parent_run_id
-    assert child.info.status == "FINISHED" and len(child.data.params) == len(tracking.flatten(trial))
+    assert child.data.tags["mlflow.parentRunId"] == sweep_run.parent_run_id
+    assert child.info.status == "FINISHED" and len(child.data.params) == len(tracking.flatten(trial.params()))
     assert count_metric_rows(store)[run.run_id] == 2500
     assert [a.path for a in client.list_artifacts(run.run_id, "records")] == ["records/a.txt"]
     assert (store.parent / "mlruns" / "limits" / run.run_id / "artifacts" / "records" / "a.txt").is_file()
@@ -139,14 +142,16 @@ def test_retry_locked_retries_only_lock_errors(monkeypatch):
 WRITERS = """
 import multiprocessing, sys
 from pipeline import tracking
+from pipeline.config import Trial
 uri, experiment_id, parent, n, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 tracking.FLUSH_METRICS = 40  # many small transactions: as much lock contention as we can make
 
 def write(index, barrier, queue):
-    trial = {"sweep": "c", "trial_id": f"t{index}", "experiment": "convergence", "workload": {"name": "causal_lm"},
-             "algorithm": "sgd", "clip_fraction": 0.0, "clip_target": "grad", "lr": 0.1, "seed": index, "steps": steps}
+    trial = Trial.model_validate(
+        {"sweep": "c", "trial_id": f"t{index}", "experiment": "convergence", "workload": {"name": "causal_lm"},
+         "algorithm": "sgd", "clip_fraction": 0.0, "clip_target": "grad", "lr": 0.1, "seed": index, "steps": steps})
     barrier.wait()
-    run = tracking.TrialRun(tracking.TrackingTarget(uri, experiment_id, parent), trial, trajectory="sgd")
+    run = tracking.MlflowSweepRun(uri, experiment_id, parent).start_trial(trial)
     for step in range(steps):
         run.log(step, {"loss": step * 0.5, "index": float(index)})
     run.end()
@@ -169,18 +174,18 @@ sys.exit(max(p.exitcode for p in procs))
 def test_eight_concurrent_writers_lose_nothing_on_one_fresh_sqlite_store(tmp_path):
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
-    target = tracking.start_sweep(uri, "concurrent", tags={})  # the driver builds the schema first
+    sweep_run = tracking.start_sweep(uri, "concurrent", tags={})  # the driver builds the schema first
     steps, n = 150, 8
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    done = subprocess.run([sys.executable, "-c", WRITERS, uri, target.experiment_id, target.parent_run_id, str(n), str(steps)],
-                          capture_output=True, text=True, env=env, timeout=400)
+    done = subprocess.run([sys.executable, "-c", WRITERS, uri, sweep_run.experiment_id, sweep_run.parent_run_id,
+                           str(n), str(steps)], capture_output=True, text=True, env=env, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     run_ids = done.stdout.split()
     assert len(set(run_ids)) == n
     assert count_metric_rows(db) == {run_id: 2 * steps for run_id in run_ids}
     client = MlflowClient(uri)
-    children = client.search_runs([target.experiment_id], f"tags.mlflow.parentRunId = '{target.parent_run_id}'")
+    children = client.search_runs([sweep_run.experiment_id], f"tags.mlflow.parentRunId = '{sweep_run.parent_run_id}'")
     assert sorted(r.info.run_id for r in children) == sorted(run_ids)
     assert all(r.info.status == "FINISHED" for r in children)
     history = client.get_metric_history(run_ids[3], "loss")
@@ -199,7 +204,8 @@ def mlflow_server(tmp_path):
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "artifacts")],
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
     )
@@ -225,20 +231,21 @@ def mlflow_server(tmp_path):
 
 @pytest.mark.slow
 def test_a_real_trial_logs_to_an_mlflow_server_over_http(mlflow_server, tmp_path):
-    from pipeline.config import expand, load_config
-    from pipeline.sweep import run_trial
+    from pipeline.config import load_config
+    from pipeline.layout import ResultsLayout
+    from pipeline.runner import run_trial
 
     config = load_config(ROOT / "conf" / "smoke.yaml", [f"tracking_uri={mlflow_server}", "experiments.1.steps=3"])
-    trial = next(t for t in expand(config) if t["experiment"] == "convergence")
-    target = tracking.start_sweep(mlflow_server, "http-smoke", tags={})
-    summary = run_trial(trial, tmp_path / "trials" / trial["trial_id"], target)
-    tracking.end_run(mlflow_server, target.parent_run_id, "FINISHED")
+    trial = next(t for t in config.trials if t.experiment == "convergence")
+    sweep_run = tracking.open_tracker(config.tracking_uri).start_sweep("http-smoke", tags={})
+    summary = run_trial(trial, ResultsLayout(tmp_path), sweep_run)
+    sweep_run.end("FINISHED")
 
     client = MlflowClient(mlflow_server)  # the REST client
-    runs = client.search_runs([target.experiment_id])
+    runs = client.search_runs([sweep_run.experiment_id])
     assert len(runs) == 2
-    child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") == target.parent_run_id)
-    assert child.info.run_name == trial["trial_id"] and child.info.status == "FINISHED"
+    child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep_run.parent_run_id)
+    assert child.info.run_name == trial.trial_id and child.info.status == "FINISHED"
     assert child.data.tags["algorithm"] == "sgd" and child.data.params["workload.name"] == "causal_lm"
     assert [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")] == [0, 1, 2]
     assert [a.path for a in client.list_artifacts(child.info.run_id, "records")] == ["records/convergence.parquet"]

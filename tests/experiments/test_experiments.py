@@ -6,26 +6,28 @@ import math
 
 import pytest
 
+from pipeline.config import Trial
 from pipeline.experiments import EXPERIMENTS
+from pipeline.layout import ResultsLayout
 from pipeline.optim import DEFAULT_PROBES
-from pipeline.records import write_trial_records, read_trial_records
+from pipeline.records import read_trial_records, write_trial_records
 
 TINY_LM = {"name": "causal_lm", "size": "tiny", "batch_size": 4, "seq_len": 32}
+MEASURE = {"at": [0, 2], "landscape_offsets": [-0.1, 0.0, 0.1], "histogram_bins": 8}
 
 
-def trial(experiment: str, **changes) -> dict:
+def trial(experiment: str, **changes) -> Trial:
     base = {
         "sweep": "t", "trial_id": f"{experiment}-x", "experiment": experiment, "workload": TINY_LM,
         "algorithm": "sgd", "clip_fraction": 0.0, "clip_target": "grad", "lr": 0.1, "hparams": {},
-        "seed": 0, "steps": 2, "device": "cpu", "eval_every": 1,
-        "measure": {"at": [0, 2], "landscape_offsets": [-0.1, 0.0, 0.1], "histogram_bins": 8},
+        "seed": 0, "steps": 2, "device": "cpu", "eval_every": 1, "measure": MEASURE,
     }
-    return base | changes
+    return Trial.model_validate(base | changes)
 
 
 @pytest.fixture(scope="module")
 def sharpness_runs():
-    t = trial("sharpness", measure=trial("sharpness")["measure"] | {"curvature": True})
+    t = trial("sharpness", measure=MEASURE | {"curvature": True})
     reports: list[list] = [[], []]
     return [EXPERIMENTS["sharpness"](t, reports[i]) for i in range(2)], reports, t
 
@@ -79,8 +81,9 @@ def test_curvature_row_per_point(sharpness_runs):
 
 def test_records_fit_the_table_schemas(sharpness_runs, tmp_path):
     (records, _), _, t = sharpness_runs
-    write_trial_records(tmp_path / "trials" / t["trial_id"], t, records)
-    tables = read_trial_records(tmp_path)
+    layout = ResultsLayout(tmp_path)
+    write_trial_records(layout.records_dir(t.trial_id), t.identity(), records)
+    tables = read_trial_records(layout)
     assert tables["sharpness"].num_rows == len(records["sharpness"])
 
 

@@ -83,12 +83,12 @@ def test_gpt_neo_float64_matches_double_backward_and_finite_differences(method):
         # d^2/ds^2 L(x + s u) by Richardson-extrapolated central differences: no AD rule involved.
         norm = math.sqrt(sum(float(t.pow(2).sum()) for t in v.values()))
         with torch.no_grad():
-            def along(s):
+            def along(s, v=v, norm=norm):
                 return float(loss_fn({n: p + s * v[n] / norm for n, p in params.items()}))
 
             base = along(0.0)
 
-            def second(h):
+            def second(h, base=base):
                 return (along(h) - 2 * base + along(-h)) / h**2
 
             h = 1e-2

@@ -1,4 +1,5 @@
-"""Shared pieces for the optimizer tests (a helper module, not a test file): a tiny model with 1-D, 2-D and 3-D parameters."""
+"""Shared pieces for the optimizer tests (a helper module, not a test file): a tiny model with 1-D, 2-D
+and 3-D parameters."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def run_pair(model: nn.Module, ours: Callable, reference: Callable, steps: int, 
             opt.zero_grad(set_to_none=True)
             loss_of(m, batch).backward()
             opt.step()
-        gaps.append(max(float((a.detach() - b.detach()).abs().max()) for a, b in zip(model.parameters(), other.parameters())))
+        gaps.append(max(float((a.detach() - b.detach()).abs().max())
+                        for a, b in zip(model.parameters(), other.parameters())))
     return gaps
 
 

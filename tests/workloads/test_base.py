@@ -24,8 +24,11 @@ class ToyLM(nn.Module):
 
 def toy_workload(seed=0, n_train=10, batch_size=3, test_batch_size=4):
     gen = torch.Generator().manual_seed(123)
-    make = lambda n: {"input_ids": torch.randint(0, 11, (n, 5), generator=gen),
-                      "labels": torch.arange(n).unsqueeze(1).expand(n, 5).clone()}
+
+    def make(n):
+        return {"input_ids": torch.randint(0, 11, (n, 5), generator=gen),
+                "labels": torch.arange(n).unsqueeze(1).expand(n, 5).clone()}
+
     with seeded(seed, "model-init"):
         model = ToyLM()
     return Workload(

@@ -43,7 +43,10 @@ def test_rows_are_the_prefixed_pairs_tokenized_independently():
     truncation), and the target count is the sum of those unpadded label lengths."""
     w = build(max_test_examples=None)
     tokenizer = data.get_tokenizer("enfr_unigram", vocab_size=512)
-    encode = lambda texts: tokenizer(texts, truncation=True, max_length=SEQ_LEN)["input_ids"]
+
+    def encode(texts):
+        return tokenizer(texts, truncation=True, max_length=SEQ_LEN)["input_ids"]
+
     pairs = data.load_translation_pairs("test")
     expected = {tuple(t): tuple(s) for s, t in zip(encode([PREFIX + en for en, _ in pairs]),
                                                    encode([fr for _, fr in pairs]))}
