@@ -56,6 +56,7 @@ def sweep_command(args: Sequence[str]) -> int:
     except ValueError as err:
         print(f"aggregate: {err}", file=sys.stderr)
         return 1
+    _say(outputs["coverage"])
     _say(f"tables:  {layout.tables_dir}/ ({outputs['tables']} files)")
     _say(f"figures: {layout.figures_dir}/ ({outputs['figures']} files)")
     _say(f"report:  {layout.report_path}")
@@ -65,12 +66,18 @@ def sweep_command(args: Sequence[str]) -> int:
 
 def _aggregate_and_report(layout) -> dict[str, int]:
     """The aggregate stage, then the report from its tables; ValueError when there are no records."""
-    from pipeline.aggregate import aggregate
+    from pipeline.aggregate import aggregate, coverage
     from pipeline.report import write_report  # matplotlib is only needed here
 
     tables = aggregate(layout)
     written = write_report(layout, tables)
-    return {"tables": len(tables), "figures": sum(name.startswith("figure:") for name in written)}
+    planned, missing = coverage(layout, tables)
+    line = f"records: {len(planned) - len(missing)} of {len(planned)} planned trials"
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        line += f"; missing: {shown}"
+    return {"tables": len(tables), "figures": sum(name.startswith("figure:") for name in written),
+            "coverage": line}
 
 
 AGGREGATE_USAGE = "usage: python -m pipeline aggregate RESULTS_DIR   (RESULTS_DIR = <results_dir>/<sweep name>)"
@@ -91,6 +98,7 @@ def aggregate_command(args: Sequence[str]) -> int:
     except (ValueError, OSError) as err:
         return _error(str(err))
     _say(f"{layout.sweep_dir}: {outputs['tables']} tables, {outputs['figures']} figures, report {layout.report_path}")
+    _say(outputs["coverage"])
     return 0
 
 

@@ -40,7 +40,7 @@ def build_tables(
         return records[name].to_pylist() if name in records else []
 
     out: dict[str, pa.Table] = {}
-    for name in ("sharpness", "landscape", "histogram", "convergence", "smoothness"):
+    for name in ("sharpness", "landscape", "histogram", "convergence", "smoothness", "trials"):
         if name in present:
             out[name] = records[name] if name in records else OUTPUT_TABLES[name].schema.empty_table()
     if "convergence" in present:
@@ -81,6 +81,15 @@ def aggregate(layout: ResultsLayout, *, final_window: int = tables.FINAL_WINDOW)
         if name not in built:
             layout.table_path(name).unlink(missing_ok=True)
     return built
+
+
+def coverage(layout: ResultsLayout, tables: Mapping[str, pa.Table]) -> tuple[list[str], list[str]]:
+    """(planned trial ids, those of them with no records), from the plan the sweep wrote; a sweep
+    directory without a plan (an older one) counts the trials it holds records of as planned."""
+    found = {tid for data in tables.values() if "trial_id" in data.column_names
+             for tid in data.column("trial_id").unique().to_pylist()}
+    planned = layout.read_plan() or sorted(found)
+    return planned, [tid for tid in planned if tid not in found]
 
 
 def resolve_layout(path: str | os.PathLike[str]) -> ResultsLayout:

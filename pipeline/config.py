@@ -45,6 +45,9 @@ class RayConfig(_Strict):
 class Resources(_Strict):
     cpu: PosFloat = 1.0  # also the trial's torch thread count (rounded down, at least 1)
     gpu: Annotated[StrictFloat, Field(ge=0)] = 0.0  # a fraction shares one GPU between trials
+    # Ray custom resources a trial needs, e.g. {worker_node: 1} to pin trials to the nodes that
+    # were started with `ray start --resources '{"worker_node": N}'`.
+    custom: dict[str, PosFloat] = {}
 
 
 def _default_probes(value: Any) -> Any:

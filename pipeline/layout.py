@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.atomic import atomic_write_text
 
 DONE_MARK = "trial.json"  # written last, when a trial's records are complete
 ERROR_FILE = "error.txt"  # the traceback of a failed trial
@@ -18,6 +22,7 @@ class ResultsLayout:
     trials/<trial_id>/trial.json                the done mark (the trial's settings)
     trials/<trial_id>/error.txt                 the traceback of a failed attempt
     tables/<name>.parquet, figures/<stem>.png, report.md
+    plan.json                                   the trial ids the sweep planned (the driver writes it)
     ray/                                        Ray Tune's own state
     """
 
@@ -65,3 +70,16 @@ class ResultsLayout:
     @property
     def ray_dir(self) -> Path:
         return self.sweep_dir / "ray"
+
+    @property
+    def plan_path(self) -> Path:
+        return self.sweep_dir / "plan.json"
+
+    def write_plan(self, trial_ids: Sequence[str]) -> None:
+        atomic_write_text(self.plan_path, json.dumps({"trials": list(trial_ids)}, indent=1))
+
+    def read_plan(self) -> list[str] | None:
+        try:
+            return list(json.loads(self.plan_path.read_text())["trials"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None

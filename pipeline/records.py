@@ -132,26 +132,27 @@ def write_table(table: str | TableSpec, data: pa.Table, path: str | os.PathLike[
         raise ValueError(
             f"table {spec.name!r}: columns {data.schema.names} differ from the schema's {spec.schema.names}"
         )
+    return atomic_write_bytes(path, encode_table(spec, data))
+
+
+def encode_table(spec: TableSpec, data: pa.Table) -> bytes:
+    """The Parquet bytes of a table, cast to its schema and sorted: same rows, same bytes."""
     # No schema metadata: nothing pandas-specific, nothing that varies between runs.
     data = _sorted(spec, data.cast(spec.schema)).replace_schema_metadata(None)
     sink = pa.BufferOutputStream()
     pq.write_table(data, sink, **_WRITE_OPTIONS)
-    path = Path(path)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
-    return path
+    return sink.getvalue().to_pybytes()
 
 
-def write_trial_records(
-    records_dir: str | os.PathLike[str], identity: Mapping[str, object], records: Records
-) -> list[Path]:
-    """Write a trial's records to ``<records_dir>/<table>.parquet``, one file per table.
+def encode_trial_records(identity: Mapping[str, object], records: Records) -> dict[str, bytes]:
+    """A trial's records as Parquet bytes per table (what travels from a trial to the results store).
 
     Rows carry only the experiment's own columns; the trial's identifying columns are added here.
-    Every table is validated before any file is written, so bad rows leave no partial records.
-    A table given with no rows is still written (empty), so the aggregate stage knows it ran.
+    Every table is validated before any bytes exist, so bad rows leave no partial records. A table
+    given with no rows is still encoded (empty), so the aggregate stage knows it ran.
     """
     ident = identifying_values(identity)
-    built: dict[str, pa.Table] = {}
+    built: dict[str, bytes] = {}
     for table in sorted(records):
         if table not in TRIAL_TABLES:
             raise ValueError(f"records: unknown table {table!r}; trial tables are {list(TRIAL_TABLES)}")
@@ -159,9 +160,24 @@ def write_trial_records(
         if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)):
             raise ValueError(f"records: table {table!r} must be a list of row dicts, not {type(rows).__name__}")
         rows_to_table(table, rows, identifying=False)  # checks the experiment's own columns
-        built[table] = rows_to_table(table, [{**ident, **row} for row in rows], identifying=True)
-    out = Path(records_dir)
-    return [write_table(TRIAL_TABLES[table], data, out / f"{table}.parquet") for table, data in built.items()]
+        data = rows_to_table(table, [{**ident, **row} for row in rows], identifying=True)
+        built[table] = encode_table(TRIAL_TABLES[table], data)
+    return built
+
+
+def write_encoded_records(records_dir: str | os.PathLike[str], encoded: Mapping[str, bytes]) -> list[Path]:
+    """Write encoded trial records to ``<records_dir>/<table>.parquet`` (atomically, one file per table)."""
+    unknown = sorted(set(encoded) - set(TRIAL_TABLES))
+    if unknown:
+        raise ValueError(f"records: unknown table(s) {unknown}; trial tables are {list(TRIAL_TABLES)}")
+    return [atomic_write_bytes(Path(records_dir) / f"{table}.parquet", payload) for table, payload in encoded.items()]
+
+
+def write_trial_records(
+    records_dir: str | os.PathLike[str], identity: Mapping[str, object], records: Records
+) -> list[Path]:
+    """Write a trial's records to ``<records_dir>/<table>.parquet`` (encode_trial_records, then write)."""
+    return write_encoded_records(records_dir, encode_trial_records(identity, records))
 
 
 def _read_parquet(table: str, path: Path) -> pa.Table:

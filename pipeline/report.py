@@ -35,6 +35,7 @@ TABLE_NOTES = {
     "table8_smoothness": "paper Table 8 layout: L, ell, L/ell, eps per measurement point, mean over seeds",
     "orderings": "the paper's orderings claims checked per workload: at what share of measurement points each "
     "held, beside what the paper found",
+    "trials": "one row per finished trial: the node that ran it (Ray's node address) and its wall time",
 }
 
 _CLAIMS = {

@@ -1,23 +1,22 @@
 """Running trials without Ray: the sweep's plan (what is done, what is left), and one trial end to end
-(the experiment, its Parquet records, its tracking run, the done mark or the error file)."""
+(the experiment; its metrics, records and outcome sent to the results sink, pipeline.sink)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import shutil
+import socket
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from pipeline.atomic import atomic_write_text
 from pipeline.config import ConfigError, SweepConfig, Trial
 from pipeline.layout import ResultsLayout
-from pipeline.tracking import SweepRun, Tracker, open_tracker
+from pipeline.tracking import Tracker, open_tracker
 
 
 @dataclass(frozen=True)
@@ -76,42 +75,66 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     return SweepPlan(config, layout, open_tracker(config.tracking_uri), todo, done)
 
 
+class Sink(Protocol):
+    """Where a trial's results go (pipeline.sink.ResultsSink, or its Ray actor on the driver's node)."""
+
+    def start(self, trial: Trial) -> None: ...
+    def log(self, trial_id: str, points: list[tuple[int, dict[str, float]]]) -> None: ...
+    def finish(self, trial: Trial, encoded: dict[str, bytes]) -> dict[str, Any]: ...
+    def fail(self, trial_id: str, text: str) -> None: ...
+
+
+# Metric points go to the sink in batches: at most every FLUSH_SECONDS, or FLUSH_POINTS at once.
+FLUSH_SECONDS = 10.0
+FLUSH_POINTS = 500
+
+
 def run_trial(
     trial: Trial,
-    layout: ResultsLayout,
-    sweep_run: SweepRun,
+    sink: Sink,
     *,
     on_report: Callable[[int, dict[str, float]], None] | None = None,
+    node: str | None = None,
 ) -> dict[str, Any]:
-    """One trial: the experiment, its Parquet records, its tracking run. Returns timings."""
+    """One trial: the experiment, then its records (and `node`, the address of the node that ran
+    it: Ray's node IP on a cluster, the host name by default) sent to the sink,
+    which writes them and the done mark; its metrics go to the sink as it runs. Returns timings."""
     from pipeline.experiments import EXPERIMENTS
-    from pipeline.records import write_trial_records
+    from pipeline.records import encode_trial_records
 
     start = time.perf_counter()
-    # Only an unfinished trial (no done mark) is re-run: what an earlier attempt left goes.
-    shutil.rmtree(layout.records_dir(trial.trial_id), ignore_errors=True)
-    layout.error_file(trial.trial_id).unlink(missing_ok=True)
-    run = sweep_run.start_trial(trial)
+    sink.start(trial)
+    pending: list[tuple[int, dict[str, float]]] = []
+    last_flush = [time.monotonic()]
+
+    def flush() -> None:
+        if pending:
+            sink.log(trial.trial_id, list(pending))
+            pending.clear()
+        last_flush[0] = time.monotonic()
 
     def report(step: int, metrics: dict[str, float]) -> None:
-        run.log(step, metrics)
+        pending.append((step, dict(metrics)))
+        if len(pending) >= FLUSH_POINTS or time.monotonic() - last_flush[0] >= FLUSH_SECONDS:
+            flush()
         if on_report is not None:
             on_report(step, metrics)
 
     try:
         records = EXPERIMENTS[trial.experiment](trial, report)
-        paths = write_trial_records(layout.records_dir(trial.trial_id), trial.identity(), records)
-        run.log_artifacts(paths, "records")
-        atomic_write_text(layout.done_mark(trial.trial_id), json.dumps(trial.to_json(), sort_keys=True, indent=1))
+        seconds = time.perf_counter() - start
+        host = socket.gethostname()
+        records["trials"] = [{"node_ip": node or host, "hostname": host, "seconds": seconds}]
+        encoded = encode_trial_records(trial.identity(), records)
+        flush()
+        tracked = sink.finish(trial, encoded)
     except BaseException:
-        atomic_write_text(layout.error_file(trial.trial_id), traceback.format_exc())
         with contextlib.suppress(Exception):  # the experiment's error is the one to report
-            run.end("FAILED")
+            flush()
+            sink.fail(trial.trial_id, traceback.format_exc())
         raise
-    run.end("FINISHED")
     return {
         "trial_seconds": time.perf_counter() - start,
-        "tracking_seconds": run.seconds,
-        "metrics_logged": run.metrics_logged,
+        **tracked,
         "rows": sum(len(rows) for rows in records.values()),
     }

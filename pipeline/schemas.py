@@ -55,6 +55,8 @@ _EXPERIMENT_COLUMNS: dict[str, list[pa.Field]] = {
         ("step", I64), ("L", F64), ("ell", F64), ("ratio", F64), ("fraction_removed", F64),
         ("outlier_factor", F64), ("n_samples", I64),
     ),
+    # One row per finished trial: where it ran (Ray's node address) and how long it took.
+    "trials": _fields(("node_ip", STR), ("hostname", STR), ("seconds", F64)),
 }
 _EXPERIMENT_KEYS = {
     "sharpness": ("step", "probe"),
@@ -63,6 +65,7 @@ _EXPERIMENT_KEYS = {
     "convergence": ("step",),
     "curvature": ("step",),
     "smoothness": ("step",),
+    "trials": (),
 }
 
 TRIAL_TABLES: dict[str, TableSpec] = {

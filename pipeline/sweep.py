@@ -1,7 +1,13 @@
 """The Ray adapter: a sweep plan's trials as a Ray Tune grid, each running pipeline.runner.run_trial.
 
 The only module that imports Ray. Planning, the trial itself, the records and tracking are all
-Ray-free (pipeline.runner); the caller runs the aggregate stage and the report afterwards.
+Ray-free (pipeline.runner, pipeline.sink); the caller runs the aggregate stage and the report.
+
+Records and tracking on a cluster: the results sink (pipeline.sink.ResultsSink) runs as a Ray actor
+pinned to the driver's node, and is the only writer of `results_dir` and of the tracking store.
+Trials on any node send their metrics and their encoded records to it through Ray, so no shared
+filesystem is needed and no worker ever writes a node-local store; a trial counts as finished
+only once its done mark is in the driver's results directory.
 """
 
 from __future__ import annotations
@@ -17,10 +23,13 @@ from typing import Any
 import ray
 from ray import tune
 
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
 from pipeline.config import SweepConfig, Trial
+from pipeline.labels import EXPERIMENT_TABLES
 from pipeline.layout import ResultsLayout
 from pipeline.runner import SweepPlan, run_trial
-from pipeline.tracking import SweepRun
+from pipeline.sink import ResultsSink
 
 Log = Callable[[str], None]
 # Trials forward their step metrics to Ray Tune at most this often (the tracker gets them all, in
@@ -39,8 +48,37 @@ class SweepOutcome:
     seconds: float = 0.0
 
 
-def _trainable(config: dict[str, Any], *, trials: dict[str, Trial], sweep_run: SweepRun,
-               layout: ResultsLayout, threads: int) -> None:
+class RemoteSink:
+    """A trial's handle on the results sink actor (same methods as ResultsSink, called through Ray)."""
+
+    def __init__(self, actor: ray.actor.ActorHandle) -> None:
+        self.actor = actor
+
+    def start(self, trial: Trial) -> None:
+        ray.get(self.actor.start.remote(trial))
+
+    def log(self, trial_id: str, points: list[tuple[int, dict[str, float]]]) -> None:
+        ray.get(self.actor.log.remote(trial_id, points))
+
+    def finish(self, trial: Trial, encoded: dict[str, bytes]) -> dict[str, Any]:
+        return ray.get(self.actor.finish.remote(trial, encoded))
+
+    def fail(self, trial_id: str, text: str) -> None:
+        ray.get(self.actor.fail.remote(trial_id, text))
+
+
+def _start_sink(layout: ResultsLayout, sweep_run: Any) -> ray.actor.ActorHandle:
+    """The sink actor on this (the driver's) node: its disk holds the results, its store the runs."""
+    here = ray.get_runtime_context().get_node_id()
+    actor = ray.remote(ResultsSink).options(
+        num_cpus=0, max_restarts=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
+    )
+    return actor.remote(layout, sweep_run)
+
+
+def _trainable(config: dict[str, Any], *, trials: dict[str, Trial], sink: ray.actor.ActorHandle,
+               threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)  # the trial's CPU share, not every core of the node
@@ -52,7 +90,7 @@ def _trainable(config: dict[str, Any], *, trials: dict[str, Trial], sweep_run: S
             last[0] = time.monotonic()
             tune.report({"step": step, **metrics})
 
-    summary = run_trial(trial, layout, sweep_run, on_report=forward)
+    summary = run_trial(trial, RemoteSink(sink), on_report=forward, node=ray.util.get_node_ip_address())
     tune.report({"done": 1, **summary})
 
 
@@ -108,7 +146,7 @@ def _ray_session(config: SweepConfig) -> Iterator[None]:
 
 
 def run(plan: SweepPlan, *, log: Log = lambda line: None) -> SweepOutcome:
-    """Run the planned trials on Ray Tune, each logging to the plan's tracker."""
+    """Run the planned trials on Ray Tune; each sends its results to the sink on this node."""
     config, outcome, start = plan.config, SweepOutcome(), time.perf_counter()
     if plan.done:
         log(f"{len(plan.done)} of {plan.total} trials already finished in {plan.layout.sweep_dir}: skipped")
@@ -118,19 +156,25 @@ def run(plan: SweepPlan, *, log: Log = lambda line: None) -> SweepOutcome:
             config.name, description=config.description,
             tags={"trials": str(len(plan.trials)), "sweep_dir": str(plan.layout.sweep_dir)},
         )
+        plan.layout.write_plan([t.trial_id for t in config.trials])
         status = "KILLED"  # unless the fit returns
         try:
             with _ray_session(config):
-                results = _fit(plan, sweep_run, log)
+                sink = _start_sink(plan.layout, sweep_run)
+                results = _fit(plan, sink, log)
+            planned = {t.trial_id: t for t in plan.trials}
             for result in results:
                 trial_id = result.config["trial_id"]
-                if result.error is None:
+                if result.error is not None:
+                    error_file = plan.layout.error_file(trial_id)
+                    where = f" (traceback: {error_file})" if error_file.is_file() else ""
+                    outcome.failed[trial_id] = _error_line(result.error) + where
+                elif (missing := _missing_records(plan.layout, planned[trial_id])):
+                    where = plan.layout.sweep_dir
+                    outcome.failed[trial_id] = f"finished, but its records are not in {where}: {missing}"
+                else:
                     outcome.finished.append(trial_id)
                     outcome.results[trial_id] = dict(result.metrics or {})
-                    continue
-                error_file = plan.layout.error_file(trial_id)
-                where = f" (traceback: {error_file})" if error_file.is_file() else ""
-                outcome.failed[trial_id] = _error_line(result.error) + where
             status = "FAILED" if outcome.failed else "FINISHED"
         finally:
             sweep_run.end(status)
@@ -138,7 +182,16 @@ def run(plan: SweepPlan, *, log: Log = lambda line: None) -> SweepOutcome:
     return outcome
 
 
-def _fit(plan: SweepPlan, sweep_run: SweepRun, log: Log) -> tune.ResultGrid:
+def _missing_records(layout: ResultsLayout, trial: Trial) -> str | None:
+    """What of a finished trial is not in the results directory (its done mark, its record files)."""
+    if not layout.done_mark(trial.trial_id).is_file():
+        return "no done mark"
+    present = {p.stem for p in layout.records_dir(trial.trial_id).glob("*.parquet")}
+    absent = sorted({*EXPERIMENT_TABLES[trial.experiment], "trials"} - present)
+    return f"no {', '.join(absent)} records" if absent else None
+
+
+def _fit(plan: SweepPlan, sink: ray.actor.ActorHandle, log: Log) -> tune.ResultGrid:
     config = plan.config
     resources = config.resources_per_trial
     # Tune's newer console output prints its config table and TensorBoard hints even at
@@ -147,12 +200,11 @@ def _fit(plan: SweepPlan, sweep_run: SweepRun, log: Log) -> tune.ResultGrid:
     trainable = tune.with_parameters(
         _trainable,
         trials={t.trial_id: t for t in plan.trials},
-        sweep_run=sweep_run,
-        layout=plan.layout,
+        sink=sink,
         threads=max(1, int(resources.cpu)),
     )
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": resources.cpu, "gpu": resources.gpu}),
+        tune.with_resources(trainable, {"cpu": resources.cpu, "gpu": resources.gpu, **resources.custom}),
         param_space={"trial_id": tune.grid_search([t.trial_id for t in plan.trials])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=config.ray.max_concurrent_trials,
