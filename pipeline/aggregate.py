@@ -31,7 +31,7 @@ def build_tables(
 ) -> dict[str, pa.Table]:
     """All aggregate tables from the concatenated trial records (pipeline.records.read_trial_records)."""
     ran = _experiments(records)
-    present = set(records)
+    present = set(records) | {"trials"}  # every sweep has trials (their nodes and wall times)
     for experiment, names in EXPERIMENT_TABLES.items():
         if experiment in ran:
             present.update(names)

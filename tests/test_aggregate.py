@@ -117,7 +117,8 @@ def table(sweep_dir, name):
 def test_writes_every_table(sweep):
     sweep_dir, written = sweep
     expected = {"sharpness", "landscape", "histogram", "convergence", "convergence_summary", "curvature",
-                "smoothness", "table1_sharpness_ratio", "table3_convergence", "table8_smoothness", "orderings"}
+                "smoothness", "table1_sharpness_ratio", "table3_convergence", "table8_smoothness", "orderings",
+                "trials"}
     assert set(written) == expected
     assert {p.stem for p in (sweep_dir / "tables").glob("*.parquet")} == expected
     assert len(table(sweep_dir, "convergence")) == sum(len(c) for s in CURVES.values() for c in s.values())
@@ -237,7 +238,7 @@ def test_reaggregation_is_byte_identical_and_order_independent(sweep, tmp_path):
 def test_only_convergence_trials(tmp_path):
     write_convergence(tmp_path)
     written = aggregate.aggregate(ResultsLayout(tmp_path))
-    assert set(written) == {"convergence", "convergence_summary", "table3_convergence"}
+    assert set(written) == {"convergence", "convergence_summary", "table3_convergence", "trials"}
 
 
 def test_sharpness_experiment_always_gives_landscape_and_histogram(tmp_path):

@@ -234,11 +234,12 @@ def test_a_real_trial_logs_to_an_mlflow_server_over_http(mlflow_server, tmp_path
     from pipeline.config import load_config
     from pipeline.layout import ResultsLayout
     from pipeline.runner import run_trial
+    from pipeline.sink import ResultsSink
 
     config = load_config(ROOT / "conf" / "smoke.yaml", [f"tracking_uri={mlflow_server}", "experiments.1.steps=3"])
     trial = next(t for t in config.trials if t.experiment == "convergence")
     sweep_run = tracking.open_tracker(config.tracking_uri).start_sweep("http-smoke", tags={})
-    summary = run_trial(trial, ResultsLayout(tmp_path), sweep_run)
+    summary = run_trial(trial, ResultsSink(ResultsLayout(tmp_path), sweep_run))
     sweep_run.end("FINISHED")
 
     client = MlflowClient(mlflow_server)  # the REST client
@@ -248,5 +249,6 @@ def test_a_real_trial_logs_to_an_mlflow_server_over_http(mlflow_server, tmp_path
     assert child.info.run_name == trial.trial_id and child.info.status == "FINISHED"
     assert child.data.tags["algorithm"] == "sgd" and child.data.params["workload.name"] == "causal_lm"
     assert [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")] == [0, 1, 2]
-    assert [a.path for a in client.list_artifacts(child.info.run_id, "records")] == ["records/convergence.parquet"]
+    artifacts = [a.path for a in client.list_artifacts(child.info.run_id, "records")]
+    assert artifacts == ["records/convergence.parquet", "records/trials.parquet"]
     assert summary["metrics_logged"] == 3 + 2  # train_loss every step, test_loss at 0 and the last
