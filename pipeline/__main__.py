@@ -8,7 +8,9 @@ from collections.abc import Sequence
 USAGE = """usage: python -m pipeline COMMAND ...
   sweep CONFIG [key.path=value ...]   run a sweep (Ray Tune + MLflow), then its aggregate stage
   aggregate RESULTS_DIR               re-run the aggregate stage of <results_dir>/<sweep name>
-  setup [--data-dir D] [--only NAME]  prepare the corpora (idempotent)"""
+  setup [--data-dir D] [--only NAME]  prepare the corpora (idempotent)
+  tracking-server [--host H] [--port P] [--store URI]
+                                      a cluster head's MLflow server, stopped when Ray stops"""
 
 
 def _error(message: str) -> int:
@@ -129,7 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return aggregate_command(rest)
     if command == "setup":
         return setup_command(rest)
-    return _error(f"unknown command {command!r}; allowed: sweep, aggregate, setup")
+    if command == "tracking-server":
+        from pipeline.tracking_server import main as serve
+
+        return serve(rest)
+    return _error(f"unknown command {command!r}; allowed: sweep, aggregate, setup, tracking-server")
 
 
 if __name__ == "__main__":
