@@ -407,8 +407,12 @@ class LauncherCluster:
             out = _run("userdel", "--remove", self.user, check=False)
             if self.user in {p.pw_name for p in pwd.getpwall()}:
                 problems.append(f"userdel {self.user}: {out.stderr.strip()}")
-        # The launcher's SSH control directory (Ray's fixed place: /tmp/ray_ssh_<user>/<cluster>).
-        user_hash = hashlib.sha256(pwd.getpwuid(os.getuid()).pw_name.encode()).hexdigest()[:10]
+        # The launcher's SSH control directory (Ray's fixed place: /tmp/ray_ssh_<user>/<cluster>, the
+        # user as getpass.getuser() finds it in the launcher's environment).
+        env = self.launcher_env()
+        user = next((env[k] for k in ("LOGNAME", "USER", "LNAME", "USERNAME") if env.get(k)),
+                    pwd.getpwuid(os.getuid()).pw_name)
+        user_hash = hashlib.sha256(user.encode()).hexdigest()[:10]
         control = Path("/tmp") / f"ray_ssh_{user_hash}" / hashlib.sha256(self.cluster_name.encode()).hexdigest()[:10]
         shutil.rmtree(control, ignore_errors=True)
         try:
