@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= conf/quick.yaml
 
-.PHONY: setup data run test test-fast lint bench clean
+.PHONY: setup data run test test-tools test-fast lint bench clean
 
 setup: $(VENV)/.installed data
 
@@ -27,8 +27,19 @@ lint: $(VENV)/.installed
 
 # Tests run in a network namespace that has only loopback: Ray and MLflow then bind 127.0.0.1,
 # and the run proves that nothing needs the network.
-test: setup lint
+test: setup lint test-tools
 	bash scripts/offline.sh $(PY) -m pytest $(PYTEST_ARGS)
+
+# tests/cluster/test_launcher.py (`ray up` over SSH) needs an SSH server and rsync: installed here,
+# before the tests go offline, if missing, as root, with apt-get, and where no init system would
+# start the server (a container); else that test is skipped and says why.
+test-tools:
+	@if [ -x /usr/sbin/sshd ] && command -v rsync >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -d /run/systemd/system ]; then \
+	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    --no-install-recommends openssh-server openssh-client rsync >/dev/null \
+	  || echo "make: could not install openssh-server/rsync; tests/cluster/test_launcher.py will be skipped" >&2; \
+	else echo "make: no sshd/rsync: tests/cluster/test_launcher.py will be skipped" >&2; fi
 
 # The quick loop: everything but the tests marked slow (`make test` still runs them all).
 test-fast: setup lint
