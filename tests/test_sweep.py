@@ -36,7 +36,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "conf" / "smoke.yaml"
 SMOKE_WORKLOADS = ROOT / "conf" / "smoke_workloads.yaml"
-TRIAL_TABLES = {"sharpness": {"sharpness", "landscape", "histogram"}, "convergence": {"convergence"}}
+# Every trial also writes its `trials` row (the node that ran it, its wall time).
+TRIAL_TABLES = {"sharpness": {"sharpness", "landscape", "histogram", "trials"},
+                "convergence": {"convergence", "trials"}}
 WORKLOADS = {"causal_lm", "translation", "classification", "image"}
 # A trial that fails when it builds its workload (a batch larger than the corpus).
 BROKEN_BLOCK = ("{label: broken, experiment: convergence, workload: {name: causal_lm, size: tiny, "
@@ -177,6 +179,7 @@ def test_trial_records_have_the_documented_schemas_and_row_counts(smoke):
             "sharpness": points * probes,
             "landscape": points * probes * len(measure.landscape_offsets),
             "histogram": points * probes * measure.histogram_bins,
+            "trials": 1,
         }
         for table in TRIAL_TABLES[trial.experiment]:
             data = records(smoke, trial_id, table)
