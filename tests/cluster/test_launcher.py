@@ -345,7 +345,13 @@ class LauncherCluster:
         node_tmp = node.dir / "tmp"
         (node_tmp / self.base.name).mkdir(parents=True)
         node_tmp.chmod(0o1777)
-        steps += [f"mount --rbind {self.base} {node_tmp / self.base.name}", f"mount --rbind {node_tmp} /tmp"]
+        steps += [f"mount --rbind {self.base} {node_tmp / self.base.name}"]
+        # The installed venv (and checkout) stay visible where they live under /tmp (a clone there, as CI's).
+        for path in sorted({Path(sys.prefix).resolve(), ROOT.resolve()}):
+            if path.is_relative_to("/tmp") and not path.is_relative_to(self.base):
+                (node_tmp / path.relative_to("/tmp")).mkdir(parents=True, exist_ok=True)
+                steps += [f"mount --rbind {path} {node_tmp / path.relative_to('/tmp')}"]
+        steps += [f"mount --rbind {node_tmp} /tmp"]
         return " && ".join(steps)
 
     # --- running things -----------------------------------------------------------------------------
