@@ -48,6 +48,13 @@ class ResultsSink:
         run.end("FINISHED")
         return {"tracking_seconds": run.seconds, "metrics_logged": run.metrics_logged}
 
+    def end_open(self, status: str) -> list[str]:
+        """End the runs of trials that never finished nor failed (their process died): `status`."""
+        ended = sorted(self._runs)
+        for trial_id in ended:
+            self._runs.pop(trial_id).end(status)
+        return ended
+
     def fail(self, trial_id: str, text: str) -> None:
         """The trial failed: its traceback in the error file, its run ended as FAILED."""
         atomic_write_text(self.layout.error_file(trial_id), text)

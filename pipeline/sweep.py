@@ -161,7 +161,11 @@ def run(plan: SweepPlan, *, log: Log = lambda line: None) -> SweepOutcome:
         try:
             with _ray_session(config):
                 sink = _start_sink(plan.layout, sweep_run)
-                results = _fit(plan, sink, log)
+                try:
+                    results = _fit(plan, sink, log)
+                finally:  # a trial whose worker died left its run open: end it, never RUNNING
+                    with contextlib.suppress(Exception):
+                        ray.get(sink.end_open.remote("FAILED"), timeout=60)
             planned = {t.trial_id: t for t in plan.trials}
             for result in results:
                 trial_id = result.config["trial_id"]

@@ -1,0 +1,73 @@
+"""The results sink: records then the done mark, failures, and runs of trials that died left never open."""
+
+from __future__ import annotations
+
+from pipeline.config import Trial
+from pipeline.layout import ResultsLayout
+from pipeline.records import encode_trial_records
+from pipeline.sink import ResultsSink
+
+TRIAL = Trial.model_validate({
+    "sweep": "s", "trial_id": "convergence-x", "experiment": "convergence",
+    "workload": {"name": "causal_lm"}, "algorithm": "sgd", "lr": 0.1, "steps": 2,
+})
+
+
+class FakeRun:
+    seconds, metrics_logged = 0.0, 0
+
+    def __init__(self, log: list) -> None:
+        self.log_ = log
+
+    def log(self, step, metrics):
+        self.log_.append(("log", step))
+
+    def log_artifacts(self, paths, artifact_path):
+        self.log_.append(("artifacts", sorted(p.name for p in paths)))
+
+    def end(self, status="FINISHED"):
+        self.log_.append(("end", status))
+
+
+class FakeSweepRun:
+    def __init__(self) -> None:
+        self.events: dict[str, list] = {}
+
+    def start_trial(self, trial):
+        return FakeRun(self.events.setdefault(trial.trial_id, []))
+
+    def end(self, status):
+        pass
+
+
+def test_finish_writes_records_then_the_done_mark_and_ends_the_run(tmp_path):
+    layout, tracker = ResultsLayout(tmp_path), FakeSweepRun()
+    sink = ResultsSink(layout, tracker)
+    sink.start(TRIAL)
+    sink.log(TRIAL.trial_id, [(0, {"train_loss": 1.0})])
+    rows = {"convergence": [{"step": 0, "train_loss": 1.0, "test_loss": None}]}
+    sink.finish(TRIAL, encode_trial_records(TRIAL.identity(), rows))
+    assert layout.done_mark(TRIAL.trial_id).is_file()
+    assert (layout.records_dir(TRIAL.trial_id) / "convergence.parquet").is_file()
+    assert tracker.events[TRIAL.trial_id] == [("log", 0), ("artifacts", ["convergence.parquet"]), ("end", "FINISHED")]
+    assert sink.end_open("FAILED") == []
+
+
+def test_a_trial_that_died_has_its_run_ended_not_left_running(tmp_path):
+    layout, tracker = ResultsLayout(tmp_path), FakeSweepRun()
+    sink = ResultsSink(layout, tracker)
+    sink.start(TRIAL)  # its process dies: neither finish nor fail arrives
+    assert sink.end_open("FAILED") == [TRIAL.trial_id]
+    assert tracker.events[TRIAL.trial_id] == [("end", "FAILED")]
+    assert not layout.done_mark(TRIAL.trial_id).exists()
+
+
+def test_fail_keeps_the_traceback_and_ends_the_run_failed(tmp_path):
+    layout, tracker = ResultsLayout(tmp_path), FakeSweepRun()
+    sink = ResultsSink(layout, tracker)
+    sink.start(TRIAL)
+    sink.fail(TRIAL.trial_id, "Traceback: boom")
+    assert layout.error_file(TRIAL.trial_id).read_text() == "Traceback: boom"
+    assert tracker.events[TRIAL.trial_id] == [("end", "FAILED")]
+    sink.start(TRIAL)  # a re-run clears what the failed attempt left
+    assert not layout.error_file(TRIAL.trial_id).exists()
