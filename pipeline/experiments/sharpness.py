@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from pipeline.config import Measure, Trial
-from pipeline.experiments.common import Records, Reporter
+from pipeline.experiments.common import Records, Reporter, named_trainable
 from pipeline.experiments.loop import run_with
 from pipeline.measure import (
     base_loss,
@@ -43,7 +43,7 @@ class SharpnessHook:
         self.measure = trial.measure
         self.generator = generator
         self.model = workload.model
-        self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.params = named_trainable(self.model)
         self.bank = ProbeBank({n: p.detach() for n, p in self.params.items()}, self.measure.probes)
         self.test_loss = workload.loss_fn(workload.test_batch)
         self.schedule = set(self.measure.steps(trial.steps))
