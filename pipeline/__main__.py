@@ -6,7 +6,9 @@ import sys
 from collections.abc import Sequence
 
 USAGE = """usage: python -m pipeline COMMAND ...
-  sweep CONFIG [key.path=value ...]   run a sweep (Ray Tune + MLflow), then its aggregate stage
+  sweep CONFIG [key.path=value ...] [--verbose]
+                                      run a sweep (Ray Tune + MLflow), then its aggregate stage;
+                                      --verbose keeps Ray's and Tune's own output
   aggregate RESULTS_DIR               re-run the aggregate stage of <results_dir>/<sweep name>
   setup [--data-dir D] [--only NAME]  prepare the corpora (idempotent)
   tracking-server [--host H] [--port P] [--store URI]
@@ -29,6 +31,8 @@ def sweep_command(args: Sequence[str]) -> int:
     if args and args[0] in ("-h", "--help"):
         print(USAGE)
         return 0
+    verbose = "--verbose" in args
+    args = [a for a in args if a != "--verbose"]
     if not args or args[0].startswith("-"):
         return _error(f"sweep: expected a config file, got {list(args)}; "
                       "usage: python -m pipeline sweep CONFIG [key.path=value ...]")
@@ -46,7 +50,7 @@ def sweep_command(args: Sequence[str]) -> int:
     from pipeline.tracking import TrackingError
 
     try:
-        outcome = sweep.run(plan, log=_say)
+        outcome = sweep.run(plan, log=_say, verbose=verbose)
     except TrackingError as err:  # before Ray starts: the store is set up first
         return _error(str(err))
     for trial_id, line in outcome.failed.items():
@@ -62,8 +66,20 @@ def sweep_command(args: Sequence[str]) -> int:
     _say(f"tables:  {layout.tables_dir}/ ({outputs['tables']} files)")
     _say(f"figures: {layout.figures_dir}/ ({outputs['figures']} files)")
     _say(f"report:  {layout.report_path}")
-    _say(f"runs:    {plan.tracker.browse_hint()}")
+    if outcome.sweep_run is not None:
+        try:  # the report in MLflow too: the parent run's artifacts
+            uploaded = outcome.sweep_run.log_report(layout)
+        except Exception as err:  # the report is on disk; a store that refuses it is worth a line, not a failure
+            print(f"tracking: the report was not uploaded: {_error_line(err)}", file=sys.stderr)
+        else:
+            _say(f"mlflow:  {uploaded} report files in the parent run's artifacts")
+    hint = (outcome.sweep_run or plan.tracker).browse_hint()
+    _say(f"runs:    {hint}")
     return 1 if outcome.failed else 0
+
+
+def _error_line(err: BaseException) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
 def _aggregate_and_report(layout) -> dict[str, int]:

@@ -94,11 +94,13 @@ def run_trial(
     sink: Sink,
     *,
     on_report: Callable[[int, dict[str, float]], None] | None = None,
+    on_phase: Callable[[str, int], None] | None = None,
     node: str | None = None,
 ) -> dict[str, Any]:
     """One trial: the experiment, then its records (and `node`, the address of the node that ran
     it: Ray's node IP on a cluster, the host name by default) sent to the sink,
-    which writes them and the done mark; its metrics go to the sink as it runs. Returns timings."""
+    which writes them and the done mark; its metrics go to the sink as it runs. Returns timings.
+    `on_phase(phase, step)` hears what the trial does: "starting", "measuring", "training", "writing"."""
     from pipeline.experiments import EXPERIMENTS
     from pipeline.records import encode_trial_records
 
@@ -120,8 +122,15 @@ def run_trial(
         if on_report is not None:
             on_report(step, metrics)
 
+    def phase(name: str, step: int) -> None:
+        if on_phase is not None:
+            on_phase(name, step)
+
+    report.phase = phase  # pipeline.experiments.common.set_phase
     try:
+        phase("starting", 0)  # the workload is built (data, model) before the first step
         records = EXPERIMENTS[trial.experiment](trial, report)
+        phase("writing", trial.steps)
         seconds = time.perf_counter() - start
         host = socket.gethostname()
         records["trials"] = [{"node_ip": node or host, "hostname": host, "seconds": seconds}]

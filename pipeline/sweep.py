@@ -12,9 +12,11 @@ only once its done mark is in the driver's results directory.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,16 +30,20 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from pipeline.config import SweepConfig, Trial
 from pipeline.labels import EXPERIMENT_TABLES
 from pipeline.layout import ResultsLayout
+from pipeline.progress import Progress
 from pipeline.runner import SweepPlan, run_trial
 from pipeline.sink import ResultsSink
 
 Log = Callable[[str], None]
-# Trials forward their step metrics to Ray Tune at most this often (the tracker gets them all, in
-# batches): Tune only shows progress, and each report waits for the driver to take it.
-TUNE_REPORT_SECONDS = 5.0
+# Trials forward their step metrics to Ray Tune at most this often, and each change of phase at once
+# (the tracker gets them all, in batches): Tune only feeds the progress lines, and each report waits
+# for the driver to take it.
+TUNE_REPORT_SECONDS = 2.0
 # Tune logs every failed trial's traceback (and a summary) at ERROR; we print one line per failure
-# and keep the traceback in the trial's folder.
-_QUIET_LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.tune")
+# and keep the traceback in the trial's folder. Ray warns at every local start that token
+# authentication is on (its default): not news for a sweep. `--verbose` keeps both.
+_QUIET_LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.tune",
+                  "ray._private.authentication.authentication_token_setup")
 
 
 @dataclass
@@ -46,6 +52,7 @@ class SweepOutcome:
     failed: dict[str, str] = field(default_factory=dict)  # trial id -> the error's last line
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # trial id -> run_trial's summary
     seconds: float = 0.0
+    sweep_run: Any = None  # the tracking store's sweep run (pipeline.tracking.SweepRun), when trials ran
 
 
 class RemoteSink:
@@ -90,27 +97,41 @@ def _trainable(config: dict[str, Any], *, trials: dict[str, Trial], sink: ray.ac
             last[0] = time.monotonic()
             tune.report({"step": step, **metrics})
 
-    summary = run_trial(trial, RemoteSink(sink), on_report=forward, node=ray.util.get_node_ip_address())
+    def phase(name: str, step: int) -> None:
+        last[0] = time.monotonic()
+        tune.report({"step": step, "phase": name})
+
+    summary = run_trial(trial, RemoteSink(sink), on_report=forward, on_phase=phase,
+                        node=ray.util.get_node_ip_address())
     tune.report({"done": 1, **summary})
 
 
 class _Progress(tune.Callback):
-    """One line per trial start, finish and failure instead of Tune's tables."""
+    """Feeds Tune's trial events and results to the progress lines (pipeline.progress), instead of
+    Tune's tables."""
 
-    def __init__(self, log: Log, total: int, already: int) -> None:
-        self.log, self.total, self.count = log, total, already
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"progress": None}  # Tune pickles its callbacks with the experiment's state: the display stays
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.log(f"[{self.count}/{self.total}] started  {trial.config['trial_id']}")
+        if self.progress is not None:
+            self.progress.started(trial.config["trial_id"])
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.progress is not None:
+            self.progress.result(trial.config["trial_id"], result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.count += 1
-        seconds = (trial.last_result or {}).get("trial_seconds", float("nan"))
-        self.log(f"[{self.count}/{self.total}] finished {trial.config['trial_id']} ({seconds:.0f} s)")
+        if self.progress is not None:
+            seconds = (trial.last_result or {}).get("trial_seconds")
+            self.progress.ended(trial.config["trial_id"], failed=False, seconds=seconds)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.count += 1
-        self.log(f"[{self.count}/{self.total}] FAILED   {trial.config['trial_id']}")
+        if self.progress is not None:
+            self.progress.ended(trial.config["trial_id"], failed=True)
 
 
 def _error_line(error: BaseException) -> str:
@@ -119,34 +140,69 @@ def _error_line(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _ray_session(config: SweepConfig) -> Iterator[None]:
-    """Joins the running Ray (tests, `ray.address`) or starts a local one and stops it after."""
-    started = not ray.is_initialized()
-    if started:
-        local = config.ray.address is None
-        ray.init(
-            address=config.ray.address,
-            num_cpus=config.ray.num_cpus if local else None,
-            include_dashboard=False,
-            # Trials do not print; their logs stay in Ray's session directory, our lines say what ran.
-            log_to_driver=False,
-            configure_logging=True,
-            logging_level=logging.WARNING,
-        )
-    levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+def _stderr_to(path: os.PathLike[str] | None) -> Iterator[None]:
+    """Send this process's file descriptor 2 to `path` (None: leave it): Ray's C++ core writes its
+    warnings there directly (e.g. "Failed to determine local IP" without a route to the Internet)."""
+    if path is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
     try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _ray_session(config: SweepConfig, *, verbose: bool = False, log_file: os.PathLike[str] | None = None,
+                 progress: Progress | None = None) -> Iterator[None]:
+    """Joins the running Ray (tests, `ray.address`) or starts a local one and stops it after.
+
+    Unless `verbose`, what Ray prints while it starts and stops goes to `log_file`, and the loggers in
+    _QUIET_LOGGERS are silenced for the session."""
+    started = not ray.is_initialized()
+    quiet = None if verbose else log_file
+    levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
+    if not verbose:
+        for name in _QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        if started:
+            local = config.ray.address is None
+            if progress is not None:
+                progress.say("starting Ray locally" if local else f"connecting to Ray at {config.ray.address}")
+            begin = time.monotonic()
+            with _stderr_to(quiet):
+                ray.init(
+                    address=config.ray.address,
+                    num_cpus=config.ray.num_cpus if local else None,
+                    include_dashboard=False,
+                    # Trials do not print; their logs stay in Ray's session directory, our lines say what ran.
+                    log_to_driver=verbose,
+                    configure_logging=True,
+                    logging_level=logging.INFO if verbose else logging.WARNING,
+                )
+            if progress is not None:
+                progress.say(f"Ray up in {time.monotonic() - begin:.0f} s; starting the trials' workers")
         yield
     finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-        if started:
-            ray.shutdown()
+        try:
+            if started:
+                with _stderr_to(quiet):
+                    ray.shutdown()
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
 
 
-def run(plan: SweepPlan, *, log: Log = lambda line: None) -> SweepOutcome:
-    """Run the planned trials on Ray Tune; each sends its results to the sink on this node."""
+def run(plan: SweepPlan, *, log: Log = lambda line: None, verbose: bool = False) -> SweepOutcome:
+    """Run the planned trials on Ray Tune; each sends its results to the sink on this node. Progress
+    lines go to stdout (pipeline.progress); `verbose` keeps Ray's and Tune's own output."""
     config, outcome, start = plan.config, SweepOutcome(), time.perf_counter()
     if plan.done:
         log(f"{len(plan.done)} of {plan.total} trials already finished in {plan.layout.sweep_dir}: skipped")
@@ -156,13 +212,17 @@ def run(plan: SweepPlan, *, log: Log = lambda line: None) -> SweepOutcome:
             config.name, description=config.description,
             tags={"trials": str(len(plan.trials)), "sweep_dir": str(plan.layout.sweep_dir)},
         )
+        outcome.sweep_run = sweep_run
         plan.layout.write_plan([t.trial_id for t in config.trials])
+        plan.layout.ray_dir.mkdir(parents=True, exist_ok=True)
         status = "KILLED"  # unless the fit returns
+        progress = Progress(config.name, {t.trial_id: t.steps for t in plan.trials}, done_earlier=len(plan.done))
         try:
-            with _ray_session(config):
+            with progress, _ray_session(config, verbose=verbose, log_file=plan.layout.ray_dir / "ray-driver.log",
+                                        progress=progress):
                 sink = _start_sink(plan.layout, sweep_run)
                 try:
-                    results = _fit(plan, sink, log)
+                    results = _fit(plan, sink, progress, verbose)
                 finally:  # a trial whose worker died left its run open: end it, never RUNNING
                     with contextlib.suppress(Exception):
                         ray.get(sink.end_open.remote("FAILED"), timeout=60)
@@ -183,7 +243,16 @@ def run(plan: SweepPlan, *, log: Log = lambda line: None) -> SweepOutcome:
         finally:
             sweep_run.end(status)
     outcome.seconds = time.perf_counter() - start
+    _no_reset_at_exit()
     return outcome
+
+
+def _no_reset_at_exit() -> None:
+    """Ray's autoscaler CLI module runs colorama.init(), whose exit hook writes a stray colour reset
+    ("\\x1b[0m") to a terminal after our last line: unregister it."""
+    initialise = sys.modules.get("colorama.initialise")
+    if initialise is not None:
+        atexit.unregister(initialise.reset_all)
 
 
 def _missing_records(layout: ResultsLayout, trial: Trial) -> str | None:
@@ -195,12 +264,13 @@ def _missing_records(layout: ResultsLayout, trial: Trial) -> str | None:
     return f"no {', '.join(absent)} records" if absent else None
 
 
-def _fit(plan: SweepPlan, sink: ray.actor.ActorHandle, log: Log) -> tune.ResultGrid:
+def _fit(plan: SweepPlan, sink: ray.actor.ActorHandle, progress: Progress, verbose: bool) -> tune.ResultGrid:
     config = plan.config
     resources = config.resources_per_trial
     # Tune's newer console output prints its config table and TensorBoard hints even at
     # verbose=0; the classic one stays quiet, and _Progress says what happens.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not verbose:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     trainable = tune.with_parameters(
         _trainable,
         trials={t.trial_id: t for t in plan.trials},
@@ -221,8 +291,8 @@ def _fit(plan: SweepPlan, sink: ray.actor.ActorHandle, log: Log) -> tune.ResultG
             # Ray's own state, apart from our records; a fresh folder per invocation.
             name=time.strftime("%Y%m%d-%H%M%S"),
             storage_path=str(plan.layout.ray_dir),
-            verbose=0,
-            callbacks=[_Progress(log, plan.total, len(plan.done))],
+            verbose=2 if verbose else 0,
+            callbacks=[_Progress(progress)],
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )

@@ -22,8 +22,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from pipeline.tracking_view import experiment_tags, report_artifacts, run_name, trial_tags, view_path
+
 if TYPE_CHECKING:
     from pipeline.config import Trial
+    from pipeline.layout import ResultsLayout
 
 T = TypeVar("T")
 
@@ -66,6 +69,8 @@ class SweepRun(Protocol):
 
     def start_trial(self, trial: Trial) -> TrialRun: ...
     def end(self, status: str) -> None: ...
+    def log_report(self, layout: ResultsLayout) -> int: ...
+    def browse_hint(self) -> str: ...
 
 
 class Tracker(Protocol):
@@ -106,6 +111,19 @@ class MlflowSweepRun:
 
     def end(self, status: str) -> None:
         retry_locked(client(self.uri).set_terminated, self.parent_run_id, status)
+
+    def log_report(self, layout: ResultsLayout) -> int:
+        """The sweep's report files, tables and figures as the parent run's artifacts; returns how many."""
+        files = report_artifacts(layout)
+        for path, folder in files:
+            retry_locked(client(self.uri).log_artifact, self.parent_run_id, os.fspath(path), folder or None)
+        return len(files)
+
+    def browse_hint(self) -> str:
+        """Where to look: the server's saved trials view, or the command that serves this store."""
+        if self.uri.startswith(("http://", "https://")):
+            return f"open {self.uri.rstrip('/')}{view_path(self.experiment_id)}"
+        return f"{browse_hint(self.uri)}, then open http://127.0.0.1:5000{view_path(self.experiment_id)}"
 
 
 def resolve_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
@@ -169,6 +187,8 @@ def start_sweep(uri: str, name: str, *, tags: Mapping[str, str], description: st
             experiment_id = experiment.experiment_id
             if experiment.lifecycle_stage == "deleted":  # deleted in the UI: its name is still taken
                 retry_locked(mlflow.restore_experiment, experiment_id)
+        for key, value in experiment_tags().items():
+            retry_locked(mlflow.set_experiment_tag, experiment_id, key, value)
         run_tags = {MLFLOW_RUN_NAME: name, "sweep": name, **tags}
         if description:
             run_tags["mlflow.note.content"] = description
@@ -177,12 +197,6 @@ def start_sweep(uri: str, name: str, *, tags: Mapping[str, str], description: st
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise TrackingError(f"tracking_uri: cannot use {uri}: {first}") from err
     return MlflowSweepRun(uri, experiment_id, run.info.run_id)
-
-
-def trial_tags(trial: Trial) -> dict[str, str]:
-    """The trial's identifying values and its trajectory label, as run tags ("Group by" in the UI)."""
-    tags = {**trial.identity(), "trajectory": trial.trajectory}
-    return {k: "relative_step" if v is None and k == "lr" else str(v) for k, v in tags.items()}
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -236,8 +250,9 @@ class MlflowTrialRun:
         self._last_flush = time.monotonic()
         self._stride = MetricStride(max(trial.steps, 1))
         self._client = self._timed(client, sweep.uri)
-        tags = {MLFLOW_PARENT_RUN_ID: sweep.parent_run_id, MLFLOW_RUN_NAME: trial.trial_id, **trial_tags(trial)}
-        run = self._timed(self._client.create_run, sweep.experiment_id, run_name=trial.trial_id, tags=tags)
+        name = run_name(trial)
+        tags = {MLFLOW_PARENT_RUN_ID: sweep.parent_run_id, MLFLOW_RUN_NAME: name, **trial_tags(trial)}
+        run = self._timed(self._client.create_run, sweep.experiment_id, run_name=name, tags=tags)
         self.run_id = run.info.run_id
         params = [Param(k, v[:6000]) for k, v in flatten(trial.params()).items()]  # MLflow caps values at 6000
         for start in range(0, len(params), MAX_PARAMS_PER_BATCH):

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import sweep, tracking
+from pipeline import sweep, tracking, tracking_view
 from pipeline.__main__ import main
 from pipeline.config import ConfigError, load_config
 from pipeline.optim import DEFAULT_PROBES
@@ -98,7 +98,7 @@ def test_every_trial_finishes(smoke):
     assert len(smoke.workload_trials) == len(load_config(SMOKE_WORKLOADS).trials) == 5
     # The CLI runs the aggregate stage and the report after the sweep: no error, and where they are.
     assert "aggregate:" not in smoke.err and f"report:  {smoke.plan.layout.report_path}" in smoke.lines
-    finished = [line for line in smoke.lines if re.match(r"\[\d+/\d+\] finished ", line)]
+    finished = [line for line in smoke.lines if re.match(r"\[ended \d+/\d+\] finished ", line)]
     assert len(finished) == len(smoke.outcome.finished)
 
 
@@ -110,12 +110,12 @@ def test_mlflow_has_one_child_run_per_trial_under_one_parent(smoke):
     assert len(parents) == 1 and parents[0].info.status == "FAILED"  # FINISHED but for the broken trial
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == len(runs) - 1
-    assert sorted(r.info.run_name for r in children) == sorted(smoke.trials)
-    smoke_children = [r for r in children if r.info.run_name in smoke.smoke_trials]
+    assert sorted(r.data.tags["trial_id"] for r in children) == sorted(smoke.trials)
+    smoke_children = [r for r in children if r.data.tags["trial_id"] in smoke.smoke_trials]
     assert len(smoke_children) == len(smoke.smoke_trials)
     for run in smoke_children:
-        trial = smoke.smoke_trials[run.info.run_name]
-        assert run.info.status == "FINISHED"
+        trial = smoke.smoke_trials[run.data.tags["trial_id"]]
+        assert run.info.status == "FINISHED" and run.info.run_name == tracking_view.run_name(trial)
         tags = run.data.tags
         assert (tags["workload"], tags["experiment"], tags["algorithm"]) == ("causal_lm", trial.experiment,
                                                                               trial.algorithm)
@@ -143,7 +143,7 @@ def test_mlflow_step_metrics_are_the_records_values_each_logged_once(smoke):
         stored = dict(con.execute("select run_uuid, count(*) from metrics group by run_uuid").fetchall())
     checked = 0
     for run in client.search_runs([client.get_experiment_by_name("smoke").experiment_id], "tags.trial_id != ''"):
-        trial_id, run_id = run.info.run_name, run.info.run_id
+        trial_id, run_id = run.data.tags["trial_id"], run.info.run_id
         if trial_id not in smoke.smoke_trials:
             continue
         checked += 1
@@ -229,7 +229,8 @@ def test_every_workload_and_the_smoothness_trial_finish(smoke):
     assert set(smoke.workload_trials) <= set(smoke.outcome.finished)
     client = MlflowClient(smoke.plan.tracker.uri)
     runs = client.search_runs([client.get_experiment_by_name(smoke.config.name).experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags and r.info.run_name in smoke.workload_trials]
+    children = [r for r in runs
+                if "mlflow.parentRunId" in r.data.tags and r.data.tags["trial_id"] in smoke.workload_trials]
     assert sorted(r.data.tags["workload"] for r in children) == sorted(
         [*WORKLOADS, "classification"])
     assert all(r.info.status == "FINISHED" for r in children)
@@ -274,5 +275,5 @@ def test_a_failed_trial_is_named_and_the_finished_ones_are_aggregated(smoke):
     assert "mlflow ui --backend-store-uri" in smoke.out
     client = MlflowClient(tracking.resolve_tracking_uri(f"sqlite:///{smoke.db}"))
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
-    statuses = {r.info.run_name: r.info.status for r in runs}
+    statuses = {r.data.tags.get("trial_id", r.info.run_name): r.info.status for r in runs}
     assert statuses == {"smoke": "FAILED", BROKEN: "FAILED", **{t: "FINISHED" for t in smoke.outcome.finished}}

@@ -61,6 +61,46 @@ def test_an_unusable_store_is_one_line_naming_tracking_uri(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_run_names_lead_with_what_differs_and_tags_carry_every_setting():
+    trial = fake_trial(3, algorithm="sgd", clip_fraction=0.1, clip_target="grad", lr=0.3, label="mom",
+                       hparams={"momentum": 0.5})
+    assert tracking.run_name(trial) == "sgd_clip0.1 lr0.3 s3 momentum=0.5 mom conve causal_lm"
+    assert tracking.run_name(fake_trial(1)).startswith("adam_clipupdate0.5 relstep s1 ")
+    tags = tracking.trial_tags(trial)
+    assert {k: tags[k] for k in ("trajectory", "algorithm", "clip_fraction", "lr", "seed", "label", "experiment",
+                                 "workload", "hparams.momentum", "steps", "trial_id")} == {
+        "trajectory": "sgd_clip0.1", "algorithm": "sgd", "clip_fraction": "0.1", "lr": "0.3", "seed": "3",
+        "label": "mom", "experiment": "convergence", "workload": "causal_lm", "hparams.momentum": "0.5",
+        "steps": "10", "trial_id": "trial3"}
+    assert tracking.trial_tags(fake_trial(0))["label"] == "-"  # a block without a label: one group, not absent
+
+
+def test_the_experiment_opens_on_its_runs_with_a_saved_view_and_the_parent_keeps_the_report(store, tmp_path):
+    import json
+
+    from pipeline.layout import ResultsLayout
+
+    uri = f"sqlite:///{store}"
+    sweep_run = tracking.start_sweep(uri, "view", tags={})
+    experiment = MlflowClient(uri).get_experiment(sweep_run.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags["mlflow.sharedViewState.trials"])
+    assert "tags.`trajectory`" in view["selectedColumns"] and view["runsHiddenMode"] == "SHOW_ALL"
+    assert sweep_run.browse_hint().endswith(
+        f"/#/experiments/{sweep_run.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=trials")
+    layout = ResultsLayout(tmp_path / "view")
+    for path in (layout.report_path, layout.sweep_dir / "report.html", layout.table_path("convergence"),
+                 layout.figures_dir / "loss.png"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(path.name)
+    (layout.trials_dir / "t").mkdir(parents=True)  # not a report file
+    assert sweep_run.log_report(layout) == 4
+    client = MlflowClient(uri)
+    listed = {a.path for a in client.list_artifacts(sweep_run.parent_run_id)}
+    assert listed == {"report.md", "report.html", "tables", "figures"}
+    assert [a.path for a in client.list_artifacts(sweep_run.parent_run_id, "tables")] == ["tables/convergence.parquet"]
+
+
 def test_flatten_and_tags_describe_the_trial():
     flat = tracking.flatten(fake_trial(3).params())
     assert flat["workload.name"] == "causal_lm" and flat["measure.at"] == "[0, 5]" and flat["lr"] == "None"
@@ -246,7 +286,8 @@ def test_a_real_trial_logs_to_an_mlflow_server_over_http(mlflow_server, tmp_path
     runs = client.search_runs([sweep_run.experiment_id])
     assert len(runs) == 2
     child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep_run.parent_run_id)
-    assert child.info.run_name == trial.trial_id and child.info.status == "FINISHED"
+    assert child.data.tags["trial_id"] == trial.trial_id and child.info.status == "FINISHED"
+    assert child.info.run_name == tracking.run_name(trial) == "sgd lr0.1 s0 conve causal_lm"
     assert child.data.tags["algorithm"] == "sgd" and child.data.params["workload.name"] == "causal_lm"
     assert [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")] == [0, 1, 2]
     artifacts = [a.path for a in client.list_artifacts(child.info.run_id, "records")]

@@ -24,6 +24,14 @@ def emit(report: Reporter, step: int, metrics: Mapping[str, float]) -> None:
         report(step, dict(metrics))
 
 
+def set_phase(report: Reporter, phase: str, step: int) -> None:
+    """Tells a live reporter what the trial does now ("measuring", "training"), for the progress lines;
+    a reporter without a `phase` attribute (a list, a plain function) ignores it."""
+    tell = getattr(report, "phase", None)
+    if tell is not None:
+        tell(phase, step)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seeds Python and torch; returns a generator for the experiment's own random draws."""
     random.seed(seed)

@@ -18,7 +18,7 @@ import torch
 
 from pipeline.config import Trial
 from pipeline.experiments.common import (
-    Records, Reporter, emit, named_trainable, resolve_device, seed_everything, training_optimizer,
+    Records, Reporter, emit, named_trainable, set_phase, resolve_device, seed_everything, training_optimizer,
 )
 from pipeline.workloads import Workload, build_workload
 
@@ -56,7 +56,12 @@ def train(trial: Trial, workload: Workload, hook: Hook, report: Reporter) -> Rec
             train_loss = float(loss.detach())
             metrics["train_loss"] = train_loss
             hook.on_gradient(step, dict(zip(params, grads)))
+        measuring = step in getattr(hook, "schedule", ())  # the hook's measurement points, if it has any
+        if measuring:
+            set_phase(report, "measuring", step)
         metrics.update(hook.at_step(step, train_loss))
+        if measuring and not last:
+            set_phase(report, "training", step)
         if metrics:
             emit(report, step, metrics)
         if last or (train_loss is not None and not math.isfinite(train_loss)):
