@@ -30,16 +30,20 @@ lint: $(VENV)/.installed
 test: setup lint test-tools
 	bash scripts/offline.sh $(PY) -m pytest $(PYTEST_ARGS)
 
-# tests/cluster/test_launcher.py (`ray up` over SSH) needs an SSH server and rsync: installed here,
-# before the tests go offline, if missing, as root, with apt-get, and where no init system would
-# start the server (a container); else that test is skipped and says why.
+# tests/cluster/test_launcher.py (`ray up` over SSH) needs an SSH server and rsync, and the screenshot
+# tests (tests/test_mlflow_ui.py) need Debian's `chromium`: installed here, before the tests go offline,
+# if missing, as root, with apt-get, and where no init system would start the server (a container);
+# else those tests are skipped and say why.
 test-tools:
-	@if [ -x /usr/sbin/sshd ] && command -v rsync >/dev/null; then exit 0; fi; \
+	@pkgs=""; \
+	[ -x /usr/sbin/sshd ] && command -v rsync >/dev/null || pkgs="openssh-server openssh-client rsync"; \
+	command -v chromium >/dev/null || pkgs="$$pkgs chromium"; \
+	if [ -z "$$pkgs" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -d /run/systemd/system ]; then \
 	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	    --no-install-recommends openssh-server openssh-client rsync >/dev/null \
-	  || echo "make: could not install openssh-server/rsync; tests/cluster/test_launcher.py will be skipped" >&2; \
-	else echo "make: no sshd/rsync: tests/cluster/test_launcher.py will be skipped" >&2; fi
+	    --no-install-recommends $$pkgs >/dev/null \
+	  || echo "make: could not install $$pkgs; the tests that need them will be skipped" >&2; \
+	else echo "make: missing $$pkgs: the tests that need them will be skipped" >&2; fi
 
 # The quick loop: everything but the tests marked slow (`make test` still runs them all).
 test-fast: setup lint

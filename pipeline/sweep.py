@@ -189,6 +189,8 @@ def _ray_session(config: SweepConfig, *, verbose: bool = False, log_file: os.Pat
                 )
             if progress is not None:
                 progress.say(f"Ray up in {time.monotonic() - begin:.0f} s; starting the trials' workers")
+        elif progress is not None:
+            progress.say("joined the running Ray; starting the trials' workers")
         yield
     finally:
         try:

@@ -21,7 +21,8 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 VIEW_KEY = "trials"  # the saved view's share key
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 # Columns of the saved view: the settings that tell trials apart, then the curves' last values.
-VIEW_TAGS = ("trajectory", "algorithm", "clip_fraction", "lr", "seed", "experiment", "workload", "label")
+VIEW_TAGS = ("trajectory", "lr", "seed", "experiment", "label", "workload")  # trajectory: algorithm and clip
+RUN_NAME_COLUMN = "attributes.`Run Name`"  # the UI's id of that column
 VIEW_METRICS = ("train_loss", "test_loss")
 
 
@@ -49,11 +50,15 @@ def trial_tags(trial: Trial) -> dict[str, str]:
 def saved_view() -> str:
     """The saved runs view: only the trials (not the parent, so that they are not collapsed under it),
     the settings and loss columns shown, every run drawn in the charts."""
-    columns = [f"tags.`{t}`" for t in VIEW_TAGS] + [f"metrics.`{m}`" for m in VIEW_METRICS]
+    columns = [f"metrics.`{m}`" for m in VIEW_METRICS] + [f"tags.`{t}`" for t in VIEW_TAGS]
+    # The UI applies saved widths to the columns named in columnOrder: the names' default 190 px cut them.
     return json.dumps({
         "searchFilter": "tags.trial_id != ''",
         "orderByKey": "tags.`mlflow.runName`", "orderByAsc": True,  # the UI's key of the Run Name column
         "selectedColumns": columns,
+        "columnOrder": [RUN_NAME_COLUMN, *columns],
+        "columnWidths": {RUN_NAME_COLUMN: 300, "tags.`trajectory`": 130, "tags.`lr`": 80, "tags.`seed`": 60,
+                         "tags.`label`": 80},
         "runsHiddenMode": "SHOW_ALL",
     })
 
