@@ -171,3 +171,18 @@ def test_the_cluster_job_joins_the_running_ray_unless_told_otherwise(monkeypatch
     assert seen == [["sweep", "conf/paper.yaml", "ray.address=auto", "ray.max_concurrent_trials=4"]]
     assert load_config(SMOKE, ["ray.address=auto"]).ray.address == "auto"
     assert load_config(SMOKE, ["ray.address=auto", "ray.address=null"]).ray.address is None  # later wins
+
+
+@pytest.mark.parametrize("flag", [[], ["--verbose"]])
+def test_verbose_is_a_flag_anywhere_after_sweep(tmp_path, monkeypatch, capsys, flag):
+    seen = {}
+
+    def record(plan, **kwargs):  # stands in for Ray: what the CLI asked for, then no trial ran
+        seen.update(kwargs, trials=len(plan.trials))
+        return sweep.SweepOutcome()
+
+    monkeypatch.setattr(sweep, "run", record)
+    args = ["sweep", str(SMOKE), *flag, f"results_dir={tmp_path}", f"tracking_uri=sqlite:///{tmp_path}/m.db"]
+    assert main(args) == 1  # no records to aggregate
+    assert seen["verbose"] is bool(flag) and seen["trials"] == 8
+    assert "aggregate:" in capsys.readouterr().err
