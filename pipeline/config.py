@@ -50,6 +50,15 @@ class Resources(_Strict):
     custom: dict[str, PosFloat] = {}
 
 
+class Retry(_Strict):
+    """Trial retries (Ray Tune's FailureConfig) and the checkpoints they resume from."""
+
+    max_failures: NonNegInt = 2  # retries of a trial whose worker died or that raised; 0: none
+    # Checkpoint after the update of every measurement point and every N steps (0: measurement
+    # points only; null: never, so a retry starts the trial over).
+    checkpoint_every: NonNegInt | None = 100
+
+
 def _default_probes(value: Any) -> Any:
     return DEFAULT_PROBES if value in (None, "default") else value
 
@@ -153,6 +162,7 @@ class SweepConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ray: RayConfig = RayConfig()
     resources_per_trial: Resources = Resources()
+    retry: Retry = Retry()
     experiments: list[ExperimentBlock]
 
     @property

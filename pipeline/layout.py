@@ -12,6 +12,7 @@ from pipeline.atomic import atomic_write_text
 
 DONE_MARK = "trial.json"  # written last, when a trial's records are complete
 ERROR_FILE = "error.txt"  # the traceback of a failed trial
+CHECKPOINT_FILE = "checkpoint.pt"  # the training state of an unfinished trial (deleted once it is done)
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class ResultsLayout:
     trials/<trial_id>/records/<table>.parquet   per-trial records (the source of truth)
     trials/<trial_id>/trial.json                the done mark (the trial's settings)
     trials/<trial_id>/error.txt                 the traceback of a failed attempt
+    trials/<trial_id>/checkpoint.pt             the last checkpoint of a trial not done yet (retries resume there)
     tables/<name>.parquet, figures/<stem>.png, report.md
     plan.json                                   the trial ids the sweep planned (the driver writes it)
     ray/                                        Ray Tune's own state
@@ -47,6 +49,9 @@ class ResultsLayout:
 
     def error_file(self, trial_id: str) -> Path:
         return self.trial_dir(trial_id) / ERROR_FILE
+
+    def checkpoint_file(self, trial_id: str) -> Path:
+        return self.trial_dir(trial_id) / CHECKPOINT_FILE
 
     def record_files(self) -> list[Path]:
         """Every trial's record files, in a fixed order."""

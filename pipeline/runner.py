@@ -80,6 +80,8 @@ class Sink(Protocol):
 
     def start(self, trial: Trial) -> None: ...
     def log(self, trial_id: str, points: list[tuple[int, dict[str, float]]]) -> None: ...
+    def save_checkpoint(self, trial_id: str, payload: bytes) -> None: ...
+    def load_checkpoint(self, trial_id: str) -> bytes | None: ...
     def finish(self, trial: Trial, encoded: dict[str, bytes]) -> dict[str, Any]: ...
     def fail(self, trial_id: str, text: str) -> None: ...
 
@@ -96,16 +98,23 @@ def run_trial(
     on_report: Callable[[int, dict[str, float]], None] | None = None,
     on_phase: Callable[[str, int], None] | None = None,
     node: str | None = None,
+    checkpoint_every: int | None = None,
 ) -> dict[str, Any]:
     """One trial: the experiment, then its records (and `node`, the address of the node that ran
     it: Ray's node IP on a cluster, the host name by default) sent to the sink,
     which writes them and the done mark; its metrics go to the sink as it runs. Returns timings.
-    `on_phase(phase, step)` hears what the trial does: "starting", "measuring", "training", "writing"."""
+    `on_phase(phase, step)` hears what the trial does: "starting", "measuring", "training", "writing".
+
+    With `checkpoint_every` (0: at measurement points only; None: no checkpoints) the trial's
+    state goes to the sink at measurement points and every N steps, and the trial starts from the
+    last checkpoint an earlier attempt left there (the summary's `resumed_at`: that step, or 0)."""
     from pipeline.experiments import EXPERIMENTS
+    from pipeline.experiments.checkpoint import Checkpoints
     from pipeline.records import encode_trial_records
 
     start = time.perf_counter()
     sink.start(trial)
+    resumed = {"resumed_at": 0}
     pending: list[tuple[int, dict[str, float]]] = []
     last_flush = [time.monotonic()]
 
@@ -126,10 +135,21 @@ def run_trial(
         if on_phase is not None:
             on_phase(name, step)
 
+    def save(step: int, payload: bytes) -> None:
+        flush()  # the metrics before the checkpoint reach the sink first: a resume sends none of them
+        sink.save_checkpoint(trial.trial_id, payload)
+
+    def resume(step: int) -> None:
+        resumed.update(resumed_at=step, resumed_time=time.time())
+
+    checkpoints = None
+    if checkpoint_every is not None:
+        checkpoints = Checkpoints(load=lambda: sink.load_checkpoint(trial.trial_id), save=save,
+                                  every=checkpoint_every, on_resume=resume)
     report.phase = phase  # pipeline.experiments.common.set_phase
     try:
         phase("starting", 0)  # the workload is built (data, model) before the first step
-        records = EXPERIMENTS[trial.experiment](trial, report)
+        records = EXPERIMENTS[trial.experiment](trial, report, checkpoints)
         phase("writing", trial.steps)
         seconds = time.perf_counter() - start
         host = socket.gethostname()
@@ -145,5 +165,6 @@ def run_trial(
     return {
         "trial_seconds": time.perf_counter() - start,
         **tracked,
+        **resumed,
         "rows": sum(len(rows) for rows in records.values()),
     }

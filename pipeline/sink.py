@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.atomic import atomic_write_text
+from pipeline.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.config import Trial
 from pipeline.layout import ResultsLayout
 from pipeline.records import write_encoded_records
@@ -20,24 +20,48 @@ Point = tuple[int, Mapping[str, float]]
 
 
 class ResultsSink:
-    """Writes what trials send: `start`, then `log` (metric points) any number of times, then
-    `finish` (the encoded records; the done mark last) or `fail` (the traceback)."""
+    """Writes what trials send: `start`, then `log` (metric points) and `save_checkpoint` any number
+    of times, then `finish` (the encoded records; the done mark last) or `fail` (the traceback).
+
+    Retries: an attempt whose process died is followed by another `start` of the same trial, which
+    fetches the last checkpoint with `load_checkpoint` and resumes there. The checkpoint lives on
+    this node's disk (trials/<id>/checkpoint.pt), so an attempt on any node reads it, and it
+    outlives the sweep process (a re-run resumes there too); the done mark deletes it.
+    """
 
     def __init__(self, layout: ResultsLayout, sweep_run: SweepRun) -> None:
         self.layout = layout
         self.sweep_run = sweep_run
         self._runs: dict[str, TrialRun] = {}
+        # trial id -> the last step whose metrics were logged: a resumed attempt re-sends the steps
+        # from its checkpoint on, and those that had arrived before the kill are not logged twice.
+        self._logged: dict[str, int] = {}
 
     def start(self, trial: Trial) -> None:
-        """A trial begins: what an earlier, unfinished attempt left goes; its tracking run starts."""
+        """A trial (or an attempt) begins: records and errors of an earlier, unfinished attempt go
+        (its checkpoint stays); the tracking run starts, or goes on where an attempt died."""
         shutil.rmtree(self.layout.records_dir(trial.trial_id), ignore_errors=True)
         self.layout.error_file(trial.trial_id).unlink(missing_ok=True)
-        self._runs[trial.trial_id] = self.sweep_run.start_trial(trial)
+        if trial.trial_id not in self._runs:
+            self._runs[trial.trial_id] = self.sweep_run.start_trial(trial)
 
     def log(self, trial_id: str, points: Sequence[Point]) -> None:
         run = self._runs[trial_id]
         for step, metrics in points:
-            run.log(step, metrics)
+            if step > self._logged.get(trial_id, -1):
+                run.log(step, metrics)
+                self._logged[trial_id] = step
+
+    def save_checkpoint(self, trial_id: str, payload: bytes) -> None:
+        """The trial's latest state replaces its previous checkpoint, atomically."""
+        atomic_write_bytes(self.layout.checkpoint_file(trial_id), payload)
+
+    def load_checkpoint(self, trial_id: str) -> bytes | None:
+        """The trial's last checkpoint, if an earlier attempt left one."""
+        try:
+            return self.layout.checkpoint_file(trial_id).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def finish(self, trial: Trial, encoded: Mapping[str, bytes]) -> dict[str, Any]:
         """The trial's records land, then its done mark; returns the tracking cost."""
@@ -45,6 +69,8 @@ class ResultsSink:
         run = self._runs.pop(trial.trial_id)
         run.log_artifacts(paths, "records")
         atomic_write_text(self.layout.done_mark(trial.trial_id), json.dumps(trial.to_json(), sort_keys=True, indent=1))
+        self.layout.checkpoint_file(trial.trial_id).unlink(missing_ok=True)  # done: nothing to resume
+        self._logged.pop(trial.trial_id, None)
         run.end("FINISHED")
         return {"tracking_seconds": run.seconds, "metrics_logged": run.metrics_logged}
 

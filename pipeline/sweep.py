@@ -67,6 +67,12 @@ class RemoteSink:
     def log(self, trial_id: str, points: list[tuple[int, dict[str, float]]]) -> None:
         ray.get(self.actor.log.remote(trial_id, points))
 
+    def save_checkpoint(self, trial_id: str, payload: bytes) -> None:
+        ray.get(self.actor.save_checkpoint.remote(trial_id, payload))
+
+    def load_checkpoint(self, trial_id: str) -> bytes | None:
+        return ray.get(self.actor.load_checkpoint.remote(trial_id))
+
     def finish(self, trial: Trial, encoded: dict[str, bytes]) -> dict[str, Any]:
         return ray.get(self.actor.finish.remote(trial, encoded))
 
@@ -85,7 +91,7 @@ def _start_sink(layout: ResultsLayout, sweep_run: Any) -> ray.actor.ActorHandle:
 
 
 def _trainable(config: dict[str, Any], *, trials: dict[str, Trial], sink: ray.actor.ActorHandle,
-               threads: int) -> None:
+               threads: int, checkpoint_every: int | None) -> None:
     import torch
 
     torch.set_num_threads(threads)  # the trial's CPU share, not every core of the node
@@ -102,7 +108,7 @@ def _trainable(config: dict[str, Any], *, trials: dict[str, Trial], sink: ray.ac
         tune.report({"step": step, "phase": name})
 
     summary = run_trial(trial, RemoteSink(sink), on_report=forward, on_phase=phase,
-                        node=ray.util.get_node_ip_address())
+                        node=ray.util.get_node_ip_address(), checkpoint_every=checkpoint_every)
     tune.report({"done": 1, **summary})
 
 
@@ -126,8 +132,13 @@ class _Progress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if self.progress is not None:
-            seconds = (trial.last_result or {}).get("trial_seconds")
-            self.progress.ended(trial.config["trial_id"], failed=False, seconds=seconds)
+            result = trial.last_result or {}
+            self.progress.ended(trial.config["trial_id"], failed=False, seconds=result.get("trial_seconds"),
+                                resumed_at=result.get("resumed_at"))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if self.progress is not None:
+            self.progress.retrying(trial.config["trial_id"], trial.run_metadata.num_failures)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if self.progress is not None:
@@ -278,6 +289,7 @@ def _fit(plan: SweepPlan, sink: ray.actor.ActorHandle, progress: Progress, verbo
         trials={t.trial_id: t for t in plan.trials},
         sink=sink,
         threads=max(1, int(resources.cpu)),
+        checkpoint_every=config.retry.checkpoint_every,
     )
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": resources.cpu, "gpu": resources.gpu, **resources.custom}),
@@ -295,7 +307,10 @@ def _fit(plan: SweepPlan, sink: ray.actor.ActorHandle, progress: Progress, verbo
             storage_path=str(plan.layout.ray_dir),
             verbose=2 if verbose else 0,
             callbacks=[_Progress(progress)],
-            failure_config=tune.FailureConfig(max_failures=0),
+            # A trial whose worker died (or that raised) runs again, from the checkpoint it left
+            # with the sink (pipeline.runner.run_trial): Tune's own checkpoints would need storage
+            # every node shares, and the sink's node's disk is the one place all of them reach.
+            failure_config=tune.FailureConfig(max_failures=config.retry.max_failures),
         ),
     )
     return tuner.fit()

@@ -71,3 +71,24 @@ def test_fail_keeps_the_traceback_and_ends_the_run_failed(tmp_path):
     assert tracker.events[TRIAL.trial_id] == [("end", "FAILED")]
     sink.start(TRIAL)  # a re-run clears what the failed attempt left
     assert not layout.error_file(TRIAL.trial_id).exists()
+
+
+def test_a_retried_attempt_keeps_the_checkpoint_and_the_run_and_logs_each_step_once(tmp_path):
+    layout, tracker = ResultsLayout(tmp_path), FakeSweepRun()
+    sink = ResultsSink(layout, tracker)
+    sink.start(TRIAL)
+    assert sink.load_checkpoint(TRIAL.trial_id) is None
+    sink.log(TRIAL.trial_id, [(0, {"train_loss": 1.0}), (1, {"train_loss": 0.9})])
+    sink.save_checkpoint(TRIAL.trial_id, b"state at 1")
+    sink.save_checkpoint(TRIAL.trial_id, b"state at 2")  # replaces the earlier one
+    sink.log(TRIAL.trial_id, [(2, {"train_loss": 0.8})])
+    # The worker dies; the retry starts again: the checkpoint is there, the run goes on.
+    sink.start(TRIAL)
+    assert sink.load_checkpoint(TRIAL.trial_id) == b"state at 2"
+    sink.log(TRIAL.trial_id, [(2, {"train_loss": 0.8}), (3, {"train_loss": 0.7})])  # resumed at 2
+    rows = {"convergence": [{"step": s, "train_loss": 1.0, "test_loss": None} for s in range(3)]}
+    sink.finish(TRIAL, encode_trial_records(TRIAL.identity(), rows))
+    assert tracker.events[TRIAL.trial_id] == [("log", 0), ("log", 1), ("log", 2), ("log", 3),
+                                              ("artifacts", ["convergence.parquet"]), ("end", "FINISHED")]
+    assert not layout.checkpoint_file(TRIAL.trial_id).exists()  # done: nothing left to resume
+    assert sink.load_checkpoint(TRIAL.trial_id) is None

@@ -1,4 +1,5 @@
-"""Experiments: plain functions `run(trial, report) -> Records`, each a hook into one training loop."""
+"""Experiments: plain functions `run(trial, report, checkpoints=None) -> Records`, each a hook into one
+training loop (pipeline.experiments.loop), which checkpoints and resumes through `checkpoints`."""
 
 from collections.abc import Callable
 
@@ -7,7 +8,7 @@ from pipeline.experiments import convergence, sharpness, smoothness
 from pipeline.experiments.common import Records, Reporter
 from pipeline.labels import EXPERIMENTS as NAMES
 
-EXPERIMENTS: dict[str, Callable[[Trial, Reporter], Records]] = {
+EXPERIMENTS: dict[str, Callable[..., Records]] = {
     "sharpness": sharpness.run,
     "convergence": convergence.run,
     "smoothness": smoothness.run,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.config import Trial
+from pipeline.experiments.checkpoint import Checkpoints
 from pipeline.experiments.common import Records, Reporter
 from pipeline.experiments.loop import run_with
 from pipeline.workloads import Workload
@@ -36,12 +37,18 @@ class ConvergenceHook:
         self.rows.append(row)
         return {k: v for k, v in row.items() if k != "step" and v is not None}
 
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.rows = list(state["rows"])
+
     def records(self) -> Records:
         return {"convergence": self.rows}
 
 
-def run(trial: Trial, report: Reporter) -> Records:
-    return run_with(trial, report, ConvergenceHook)
+def run(trial: Trial, report: Reporter, checkpoints: Checkpoints | None = None) -> Records:
+    return run_with(trial, report, ConvergenceHook, checkpoints)
 
 
 def test_loss(workload: Workload) -> float:

@@ -6,6 +6,10 @@ weights, reports the point, then updates the weights (steps updates in all). At 
 there is no update; a minibatch is drawn there only for a hook that wants its gradient (the
 sharpness probes). A non-finite training loss ends the run at that point: nothing is measured
 on the weights that step would produce.
+
+Checkpoints (pipeline.experiments.checkpoint): after the update of each measurement point and
+every `checkpoints.every` steps, the state that the next point starts from is saved; a run given a
+checkpoint of its trial resumes at that point, so each step's rows and metrics come once from it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Protocol
 import torch
 
 from pipeline.config import Trial
+from pipeline.experiments.checkpoint import Checkpoints, capture, restore
 from pipeline.experiments.common import (
     Records, Reporter, emit, named_trainable, set_phase, resolve_device, seed_everything, training_optimizer,
 )
@@ -37,14 +42,28 @@ class Hook(Protocol):
     def records(self) -> Records:
         """The rows the experiment collected, by table."""
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the hook: its state between points and its records so far."""
 
-def train(trial: Trial, workload: Workload, hook: Hook, report: Reporter) -> Records:
-    """Run the trial's training along the step convention above; returns the hook's records."""
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        """Takes back `state_dict()`'s state (tensors moved to `device`)."""
+
+
+def train(trial: Trial, workload: Workload, hook: Hook, report: Reporter,
+          checkpoints: Checkpoints | None = None) -> Records:
+    """Run the trial's training along the step convention above (from its checkpoint, if
+    `checkpoints` has one); returns the hook's records."""
     model = workload.model
     params = named_trainable(model)
     optimizer = training_optimizer(params.values(), trial)
-    batches = workload.train_batches()
-    for step in range(trial.steps + 1):
+    first = 0
+    if checkpoints is not None:
+        first = restore(checkpoints.load(), trial, model, optimizer, hook, workload.device)
+        if first and checkpoints.on_resume is not None:
+            checkpoints.on_resume(first)
+    measured = set(trial.measure.steps(trial.steps))
+    batches = workload.train_batches(skip=first)  # one minibatch per point before `first`
+    for step in range(first, trial.steps + 1):
         last = step == trial.steps
         metrics: dict[str, float] = {}
         train_loss = None
@@ -70,12 +89,14 @@ def train(trial: Trial, workload: Workload, hook: Hook, report: Reporter) -> Rec
             p.grad = g
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if checkpoints is not None and checkpoints.due(step, step in measured):
+            checkpoints.save(step + 1, capture(trial, step + 1, model, optimizer, hook))
     model.eval()
     return hook.records()
 
 
-def run_with(trial: Trial, report: Reporter, make_hook) -> Records:
+def run_with(trial: Trial, report: Reporter, make_hook, checkpoints: Checkpoints | None = None) -> Records:
     """Seed, build the trial's workload, make the experiment's hook from them, train."""
     generator = seed_everything(trial.seed)
     workload = build_workload(trial.workload, seed=trial.seed, device=resolve_device(trial.device))
-    return train(trial, workload, make_hook(trial, workload, generator), report)
+    return train(trial, workload, make_hook(trial, workload, generator), report, checkpoints)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from pipeline.config import Measure, Trial
+from pipeline.experiments.checkpoint import Checkpoints, to_device
 from pipeline.experiments.common import Records, Reporter, named_trainable
 from pipeline.experiments.loop import run_with
 from pipeline.measure import (
@@ -69,10 +70,18 @@ class SharpnessHook:
     def records(self) -> Records:
         return self.tables
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"bank": self.bank.state_dict(), "generator": self.generator.get_state(), "tables": self.tables}
 
-def run(trial: Trial, report: Reporter) -> Records:
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.bank.load_state_dict(to_device(state["bank"], device))
+        self.generator.set_state(state["generator"])
+        self.tables = {table: list(rows) for table, rows in state["tables"].items()}
+
+
+def run(trial: Trial, report: Reporter, checkpoints: Checkpoints | None = None) -> Records:
     """Trains along one trajectory and measures every probe direction at the scheduled steps."""
-    return run_with(trial, report, SharpnessHook)
+    return run_with(trial, report, SharpnessHook, checkpoints)
 
 
 def measure_point(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.config import Trial
+from pipeline.experiments.checkpoint import Checkpoints
 from pipeline.experiments.common import Records, Reporter
 from pipeline.experiments.loop import run_with
 from pipeline.measure import gauss_newton_smoothness
@@ -43,9 +44,15 @@ class SmoothnessHook:
         self.rows.append(row)
         return {f"gn/{k}": row[k] for k in _REPORTED}
 
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.rows = list(state["rows"])
+
     def records(self) -> Records:
         return {"smoothness": self.rows}
 
 
-def run(trial: Trial, report: Reporter) -> Records:
-    return run_with(trial, report, SmoothnessHook)
+def run(trial: Trial, report: Reporter, checkpoints: Checkpoints | None = None) -> Records:
+    return run_with(trial, report, SmoothnessHook, checkpoints)

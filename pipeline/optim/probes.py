@@ -65,6 +65,18 @@ class ProbeBank:
             steps.append(s)
         self._steps = steps
 
+    def state_dict(self) -> dict:
+        """Every probe's state (what `step` advances), for a checkpoint; the tensors are live: save or copy them."""
+        return {"labels": list(self.labels), "states": self._states}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Takes the probes' states from `state_dict()` of a bank with the same probes and params
+        (the tensors on the params' device); `directions()` then needs a `step` first."""
+        if list(state["labels"]) != self.labels or len(state["states"]) != len(self._rules):
+            raise ValueError(f"the checkpoint's probes {list(state['labels'])} are not this bank's {self.labels}")
+        self._states = list(state["states"])
+        self._steps = None
+
     def directions(self) -> dict[str, dict[str, Tensor]]:
         """label -> (param name -> that probe's step at the last `step` call)."""
         if self._steps is None:

@@ -74,17 +74,23 @@ class Workload:
         pick = torch.randperm(n_test, generator=gen)[:test_batch_size]
         self.test_batch: Batch = self._to_batch(test_examples, pick)
 
-    def train_batches(self) -> Iterator[Batch]:
+    def train_batches(self, skip: int = 0) -> Iterator[Batch]:
         """Endless minibatches: a fresh seeded permutation per epoch, the partial batch dropped.
 
-        Every call starts the same stream, so two calls with the same seed yield the same batches.
+        Every call starts the same stream, so two calls with the same seed yield the same batches;
+        `skip=k` starts at its k-th batch (a resumed trial) without building the k before it.
         """
         gen = torch.Generator().manual_seed(self._train_seed)
         n = _example_count(self._train)
+        starts = range(0, n - self.batch_size + 1, self.batch_size)
+        epochs, first = divmod(skip, len(starts))
+        for _ in range(epochs):  # the permutations of the skipped epochs, only to advance `gen`
+            torch.randperm(n, generator=gen)
         while True:
             order = torch.randperm(n, generator=gen)
-            for start in range(0, n - self.batch_size + 1, self.batch_size):
+            for start in starts[first:]:
                 yield self._to_batch(self._train, order[start : start + self.batch_size])
+            first = 0
 
     def loss(self, batch: Mapping[str, torch.Tensor],
              params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
