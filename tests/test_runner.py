@@ -13,11 +13,11 @@ from pipeline.runner import run_trial
 from pipeline.sink import ResultsSink
 from pipeline.tracking import open_tracker
 
+# Convergence: a row and a metric at every step (the probe bank's resume: tests/experiments/test_checkpoint.py).
 TRIAL = Trial.model_validate({
-    "sweep": "resume", "trial_id": "sharpness-x", "experiment": "sharpness",
+    "sweep": "resume", "trial_id": "convergence-x", "experiment": "convergence",
     "workload": {"name": "causal_lm", "size": "tiny", "batch_size": 4, "seq_len": 32},
-    "algorithm": "adam", "lr": 1e-3, "steps": 6, "device": "cpu",
-    "measure": {"at": [0, 3, 6], "landscape_offsets": [-0.1, 0.0, 0.1], "histogram_bins": 8},
+    "algorithm": "adam", "lr": 1e-3, "steps": 6, "eval_every": 2, "device": "cpu",
 })
 
 
@@ -59,7 +59,6 @@ def records(layout: ResultsLayout) -> dict:
     return tables
 
 
-@pytest.mark.slow
 def test_a_trial_killed_after_a_checkpoint_resumes_there_with_the_records_of_an_uninterrupted_one(tmp_path):
     tracker = open_tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     plain = ResultsLayout(tmp_path / "plain")
@@ -67,8 +66,8 @@ def test_a_trial_killed_after_a_checkpoint_resumes_there_with_the_records_of_an_
     run_trial(TRIAL, ResultsSink(plain, sweep_run), checkpoint_every=2)
     sweep_run.end("FINISHED")
 
-    # Checkpoints to resume at 1 (after measured point 0), 2 (every 2), 4 (both) and 6: it dies
-    # right after the third, with the metrics of steps 0-3 sent, and its next attempt resumes at 4.
+    # Checkpoints to resume at 1 (after measurement point 0), 2, 4 and 6 (every 2): it dies right
+    # after the third, with the metrics of steps 0-3 sent, and its next attempt resumes at 4.
     resumed = ResultsLayout(tmp_path / "resumed")
     sweep_run = tracker.start_sweep("resumed", tags={})
     sink = ResultsSink(resumed, sweep_run)
@@ -80,11 +79,11 @@ def test_a_trial_killed_after_a_checkpoint_resumes_there_with_the_records_of_an_
 
     assert summary["resumed_at"] == 4
     assert records(resumed) == records(plain)  # every row, every float to the bit
-    assert {r["step"] for r in records(resumed)["sharpness"]} == {0, 3, 6}
+    assert [r["step"] for r in records(resumed)["convergence"]] == list(range(TRIAL.steps))
     assert not resumed.checkpoint_file(TRIAL.trial_id).exists()  # the done mark removed it
     client = MlflowClient(tracker.uri)
     for name in ("plain", "resumed"):
         runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], "tags.trial_id != ''")
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one run for both attempts
         history = client.get_metric_history(runs[0].info.run_id, "train_loss")
-        assert sorted(m.step for m in history) == list(range(TRIAL.steps + 1))  # each step once
+        assert sorted(m.step for m in history) == list(range(TRIAL.steps))  # each step once
