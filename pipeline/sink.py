@@ -29,10 +29,12 @@ class ResultsSink:
     outlives the sweep process (a re-run resumes there too); the done mark deletes it.
     """
 
-    def __init__(self, layout: ResultsLayout, sweep_run: SweepRun) -> None:
+    def __init__(self, layout: ResultsLayout, sweep_run: SweepRun, max_failures: int = 0) -> None:
         self.layout = layout
         self.sweep_run = sweep_run
+        self.max_failures = max_failures  # Tune's: a trial's k-th failed attempt is retried while k <= this
         self._runs: dict[str, TrialRun] = {}
+        self._attempts: dict[str, int] = {}
         # trial id -> the last step whose metrics were logged: a resumed attempt re-sends the steps
         # from its checkpoint on, and those that had arrived before the kill are not logged twice.
         self._logged: dict[str, int] = {}
@@ -42,6 +44,7 @@ class ResultsSink:
         (its checkpoint stays); the tracking run starts, or goes on where an attempt died."""
         shutil.rmtree(self.layout.records_dir(trial.trial_id), ignore_errors=True)
         self.layout.error_file(trial.trial_id).unlink(missing_ok=True)
+        self._attempts[trial.trial_id] = self._attempts.get(trial.trial_id, 0) + 1
         if trial.trial_id not in self._runs:
             self._runs[trial.trial_id] = self.sweep_run.start_trial(trial)
 
@@ -71,19 +74,23 @@ class ResultsSink:
         atomic_write_text(self.layout.done_mark(trial.trial_id), json.dumps(trial.to_json(), sort_keys=True, indent=1))
         self.layout.checkpoint_file(trial.trial_id).unlink(missing_ok=True)  # done: nothing to resume
         self._logged.pop(trial.trial_id, None)
+        self._attempts.pop(trial.trial_id, None)
         run.end("FINISHED")
         return {"tracking_seconds": run.seconds, "metrics_logged": run.metrics_logged}
 
     def end_open(self, status: str) -> list[str]:
-        """End the runs of trials that never finished nor failed (their process died): `status`."""
+        """End the runs of trials that never finished nor failed for good (their process died): `status`."""
         ended = sorted(self._runs)
         for trial_id in ended:
             self._runs.pop(trial_id).end(status)
         return ended
 
     def fail(self, trial_id: str, text: str) -> None:
-        """The trial failed: its traceback in the error file, its run ended as FAILED."""
+        """An attempt failed: its traceback in the error file; the run ends as FAILED unless Tune
+        retries the trial (then the next attempt goes on in the same run)."""
         atomic_write_text(self.layout.error_file(trial_id), text)
+        if self._attempts.get(trial_id, 0) <= self.max_failures:
+            return
         run = self._runs.pop(trial_id, None)
         if run is not None:
             run.end("FAILED")

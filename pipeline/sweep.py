@@ -80,14 +80,14 @@ class RemoteSink:
         ray.get(self.actor.fail.remote(trial_id, text))
 
 
-def _start_sink(layout: ResultsLayout, sweep_run: Any) -> ray.actor.ActorHandle:
+def _start_sink(layout: ResultsLayout, sweep_run: Any, max_failures: int) -> ray.actor.ActorHandle:
     """The sink actor on this (the driver's) node: its disk holds the results, its store the runs."""
     here = ray.get_runtime_context().get_node_id()
     actor = ray.remote(ResultsSink).options(
         num_cpus=0, max_restarts=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
     )
-    return actor.remote(layout, sweep_run)
+    return actor.remote(layout, sweep_run, max_failures)
 
 
 def _trainable(config: dict[str, Any], *, trials: dict[str, Trial], sink: ray.actor.ActorHandle,
@@ -233,7 +233,7 @@ def run(plan: SweepPlan, *, log: Log = lambda line: None, verbose: bool = False)
         try:
             with progress, _ray_session(config, verbose=verbose, log_file=plan.layout.ray_dir / "ray-driver.log",
                                         progress=progress):
-                sink = _start_sink(plan.layout, sweep_run)
+                sink = _start_sink(plan.layout, sweep_run, config.retry.max_failures)
                 try:
                     results = _fit(plan, sink, progress, verbose)
                 finally:  # a trial whose worker died left its run open: end it, never RUNNING

@@ -59,6 +59,7 @@ def records(layout: ResultsLayout) -> dict:
     return tables
 
 
+@pytest.mark.slow
 def test_a_trial_killed_after_a_checkpoint_resumes_there_with_the_records_of_an_uninterrupted_one(tmp_path):
     tracker = open_tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     plain = ResultsLayout(tmp_path / "plain")

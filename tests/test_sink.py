@@ -92,3 +92,16 @@ def test_a_retried_attempt_keeps_the_checkpoint_and_the_run_and_logs_each_step_o
                                               ("artifacts", ["convergence.parquet"]), ("end", "FINISHED")]
     assert not layout.checkpoint_file(TRIAL.trial_id).exists()  # done: nothing left to resume
     assert sink.load_checkpoint(TRIAL.trial_id) is None
+
+
+def test_an_attempt_that_raised_keeps_its_run_for_the_retry_and_the_last_one_ends_it(tmp_path):
+    layout, tracker = ResultsLayout(tmp_path), FakeSweepRun()
+    sink = ResultsSink(layout, tracker, max_failures=1)
+    sink.start(TRIAL)
+    sink.fail(TRIAL.trial_id, "Traceback: first")  # Tune retries it (failure 1 <= max_failures)
+    assert tracker.events[TRIAL.trial_id] == [] and layout.error_file(TRIAL.trial_id).is_file()
+    sink.start(TRIAL)
+    sink.fail(TRIAL.trial_id, "Traceback: second")  # failure 2: the trial has failed
+    assert tracker.events[TRIAL.trial_id] == [("end", "FAILED")]  # one run, ended once
+    assert layout.error_file(TRIAL.trial_id).read_text() == "Traceback: second"
+    assert sink.end_open("FAILED") == []
