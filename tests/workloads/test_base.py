@@ -56,6 +56,15 @@ def test_each_epoch_visits_every_example_once_and_the_stream_repeats_per_seed():
     assert [next(other)["labels"][:, 0].tolist() for _ in range(6)] != first
 
 
+def test_the_stream_skipped_to_any_batch_goes_on_as_the_whole_stream_across_epochs():
+    w = toy_workload(n_train=10, batch_size=3)  # 3 batches per epoch
+    stream = w.train_batches()
+    whole = [next(stream)["labels"][:, 0].tolist() for _ in range(10)]
+    for skip in (1, 3, 4, 7):  # a resumed trial: mid-epoch, at an epoch's start, two epochs on
+        later = w.train_batches(skip=skip)
+        assert [next(later)["labels"][:, 0].tolist() for _ in range(10 - skip)] == whole[skip:]
+
+
 def test_test_batch_is_fixed_by_the_seed():
     a, b, c = toy_workload(seed=0), toy_workload(seed=0), toy_workload(seed=1)
     assert torch.equal(a.test_batch["labels"], b.test_batch["labels"])
