@@ -95,3 +95,20 @@ def test_clock_and_estimates():
     now.t += 30
     shown.result("a", {"step": 5})
     assert shown.remaining() == 30.0
+
+
+def test_a_retried_trial_is_pending_again_and_its_end_says_where_it_resumed():
+    shown, out, now = make(live=False, steps={"a": 10})
+    shown.started("a")
+    shown.retrying("a", 1)
+    assert shown.trials["a"].status == "pending"
+    shown.started("a")  # the retry: the same trial, counted once
+    now.t += 4
+    shown.ended("a", failed=False, seconds=4.0, resumed_at=6)
+    lines = out.getvalue().splitlines()
+    assert lines[:4] == [
+        "[started 1/1] a",
+        "[retrying] a after failure 1 (from its last checkpoint, if it left one)",
+        "[started 1/1] a",
+        "[ended 1/1] finished a (4 s, resumed at step 6)",
+    ]
