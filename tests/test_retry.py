@@ -117,7 +117,7 @@ def test_a_killed_worker_s_trial_resumes_from_its_checkpoint_each_step_once(ray_
     outcome = seen["outcome"]
 
     assert code == 0 and not outcome.failed and sorted(outcome.finished) == sorted(t.trial_id for t in config.trials)
-    assert f"retrying {VICTIM} after failure 1" in out.getvalue()
+    assert f"[retrying] {VICTIM} after failure 1" in out.getvalue()
     resumed = outcome.results[VICTIM]
     # It resumed from the checkpoint the killer saw, or a later one, not from the start.
     assert seen["killed_at_step"] <= resumed["resumed_at"] < STEPS

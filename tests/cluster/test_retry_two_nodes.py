@@ -76,7 +76,7 @@ def test_a_trial_killed_on_the_worker_node_resumes_from_the_checkpoint_on_the_he
     print(stdout, stderr)
     assert killed is not None, "the trial's worker was not killed mid-trial"
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
-    assert f"retrying {VICTIM} after failure 1" in stdout
+    assert f"[retrying] {VICTIM} after failure 1" in stdout
 
     # Records: on the worker node, every step once; no checkpoint left behind.
     for seed in (0, 1):
