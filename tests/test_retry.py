@@ -145,7 +145,7 @@ def test_a_killed_worker_s_trial_resumes_from_its_checkpoint_each_step_once(ray_
     runs = client.search_runs([client.get_experiment_by_name("retry").experiment_id])
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert sorted(r.info.run_name for r in children) == sorted(t.trial_id for t in config.trials)
+    assert sorted(r.data.tags["trial_id"] for r in children) == sorted(t.trial_id for t in config.trials)
     for run in children:
         history = client.get_metric_history(run.info.run_id, "train_loss")
-        assert sorted(m.step for m in history) == list(range(STEPS)), run.info.run_name
+        assert sorted(m.step for m in history) == list(range(STEPS)), run.data.tags["trial_id"]
