@@ -37,10 +37,12 @@ def sweep_command(args: Sequence[str]) -> int:
         return _error(f"sweep: expected a config file, got {list(args)}; "
                       "usage: python -m pipeline sweep CONFIG [key.path=value ...]")
     from pipeline.config import ConfigError, load_config
+    from pipeline.preflight import preflight
     from pipeline.runner import plan_sweep
 
     try:
         config = load_config(args[0], args[1:])
+        preflight(config)  # the machine: paths, data, resources, the Ray address (pipeline.preflight)
         plan = plan_sweep(config)
     except ConfigError as err:
         return _error(str(err))
@@ -51,7 +53,7 @@ def sweep_command(args: Sequence[str]) -> int:
 
     try:
         outcome = sweep.run(plan, log=_say, verbose=verbose)
-    except TrackingError as err:  # before Ray starts: the store is set up first
+    except (TrackingError, ConfigError) as err:  # the store is set up first; a cluster short of resources
         return _error(str(err))
     for trial_id, line in outcome.failed.items():
         print(f"FAILED {trial_id}: {line}", file=sys.stderr)

@@ -23,6 +23,13 @@ def _as_list(value: Any) -> Any:
 
 
 PosInt = Annotated[StrictInt, Field(gt=0)]
+# Upper bound on a block's `steps`: the paper's longest runs are a few thousand steps; a bound
+# turns a typo (steps=10**15) into an error instead of a run that never ends.
+MAX_STEPS = 10_000_000
+# Upper bounds on names that become folder names, MLflow experiment and run names: with the
+# trial-id parts and temp-file suffixes they stay below the filesystem's 255-byte name limit.
+MAX_NAME = 100
+MAX_LABEL = 40
 NonNegInt = Annotated[StrictInt, Field(ge=0)]
 PosFloat = Annotated[StrictFloat, Field(gt=0)]
 # Grid axes: a list, or a scalar for a one-point axis.
@@ -40,6 +47,7 @@ class RayConfig(_Strict):
     address: str | None = None  # None: start a local Ray; "auto": join the cluster this runs in
     num_cpus: PosInt | None = None  # local Ray only; None: every core
     max_concurrent_trials: PosInt | None = None  # None: as many as the resources allow
+    connect_timeout_s: PosFloat = 10.0  # `address`: seconds to wait for the cluster before giving up
 
 
 class Resources(_Strict):
@@ -93,7 +101,7 @@ class ExperimentBlock(_Strict):
     experiment: str
     label: str | None = None  # prefixes trial ids: tells apart blocks that would repeat them
     workload: dict[str, Any]
-    steps: PosInt
+    steps: Annotated[StrictInt, Field(gt=0, le=MAX_STEPS)]
     seeds: SeedAxis = [0]
     measure: Measure = Measure()
     eval_every: PosInt | None = None
@@ -181,6 +189,9 @@ def validate(raw: dict) -> SweepConfig:
         raise ConfigError(_describe(err)) from None
     if not _SAFE_NAME.fullmatch(config.name):
         raise ConfigError(f"name: {config.name!r} must be a filesystem-safe word (letters, digits, _ . = -)")
+    if len(config.name) > MAX_NAME:
+        raise ConfigError(f"name: {len(config.name)} characters; expected at most {MAX_NAME} "
+                          "(it names the results folder and the MLflow experiment)")
     if config.device == "cuda" and config.resources_per_trial.gpu == 0:
         raise ConfigError("device: 'cuda' needs resources_per_trial.gpu > 0 (Ray hides GPUs from trials without one)")
     if not config.experiments:
@@ -237,6 +248,9 @@ def _check_block(where: str, block: ExperimentBlock) -> None:
                           f"allowed: {', '.join(EXPERIMENTS)}")
     if block.label is not None and not _SAFE_NAME.fullmatch(block.label):
         raise ConfigError(f"{where}.label: {block.label!r} must be a filesystem-safe word")
+    if block.label is not None and len(block.label) > MAX_LABEL:
+        raise ConfigError(f"{where}.label: {len(block.label)} characters; expected at most {MAX_LABEL} "
+                          "(it prefixes every trial id, a folder name)")
     name = block.workload.get("name")
     if name not in WORKLOADS:
         raise ConfigError(f"{where}.workload.name: unknown workload {name!r}; allowed: {', '.join(WORKLOADS)}")
@@ -246,6 +260,13 @@ def _check_block(where: str, block: ExperimentBlock) -> None:
         raise ConfigError(f"{where}.workload.name: smoothness needs a two-class classifier: {allowed}")
     if block.measure.at is not None and block.measure.every is not None:
         raise ConfigError(f"{where}.measure: give `at` or `every`, not both")
+    beyond = sorted(s for s in block.measure.at or () if s > block.steps)
+    if beyond:  # they would be dropped silently, leaving no measurement rows for them
+        raise ConfigError(f"{where}.measure.at: step(s) {beyond} beyond the run's steps ({block.steps}); "
+                          f"expected steps in [0, {block.steps}]")
+    if block.measure.every is not None and block.measure.every > block.steps:
+        raise ConfigError(f"{where}.measure.every: {block.measure.every} exceeds the run's steps "
+                          f"({block.steps}); expected at most {block.steps}")
     axes = {"seeds": block.seeds, "algorithms": block.algorithms}
     axes |= {f"algorithms.{a}.{axis}": getattr(g, axis) for a, g in block.algorithms.items()
              for axis in ("lr", "clip_fraction", "clip_target")}
@@ -287,7 +308,8 @@ def _points(grid: AlgorithmGrid) -> list[tuple[float | None, float, str]]:
     return points
 
 
-def _workload(block: ExperimentBlock, config: SweepConfig) -> dict[str, Any]:
+def block_workload(block: ExperimentBlock, config: SweepConfig) -> dict[str, Any]:
+    """A block's workload spec as written, with the sweep's data_dir (absolute) filled in."""
     spec = dict(block.workload)
     if config.data_dir is not None and spec.get("data_dir") is None:
         spec["data_dir"] = config.data_dir
@@ -304,7 +326,7 @@ def trial_id(block: ExperimentBlock, algorithm: str, lr: float | None, fraction:
 
 
 def _block_trials(config: SweepConfig, block: ExperimentBlock) -> list[Trial]:
-    workload = validate_workload_spec(_workload(block, config))
+    workload = validate_workload_spec(block_workload(block, config))
     return [
         Trial(
             sweep=config.name, trial_id=trial_id(block, algorithm, lr, fraction, target, seed),

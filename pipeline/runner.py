@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import time
 import traceback
@@ -16,6 +15,7 @@ from typing import Any, Protocol
 
 from pipeline.config import ConfigError, SweepConfig, Trial
 from pipeline.layout import ResultsLayout
+from pipeline.preflight import check_writable
 from pipeline.tracking import Tracker, open_tracker
 
 
@@ -34,20 +34,6 @@ class SweepPlan:
         return len(self.trials) + len(self.done)
 
 
-def _check_writable(path: Path) -> None:
-    """The sweep directory can be created and written, checked without creating or touching it."""
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"results_dir: cannot create {path}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"results_dir: {probe} is not writable (needed for {path})")
-    trials = path / "trials"
-    if trials.exists() and not os.access(trials, os.W_OK | os.X_OK):
-        raise ConfigError(f"results_dir: {trials} is not writable")
-
-
 def plan_sweep(config: SweepConfig) -> SweepPlan:
     """Check the results directory and what earlier runs of this sweep left; no side effects.
 
@@ -55,7 +41,7 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     resumes); one with different settings would mix two configs in one sweep: ConfigError.
     """
     layout = config.layout
-    _check_writable(layout.sweep_dir)
+    check_writable(layout.sweep_dir)
     todo, done = [], []
     for trial in config.trials:
         mark = layout.done_mark(trial.trial_id)

@@ -30,6 +30,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from pipeline.config import SweepConfig, Trial
 from pipeline.labels import EXPERIMENT_TABLES
 from pipeline.layout import ResultsLayout
+from pipeline.preflight import check_cluster_resources
 from pipeline.progress import Progress
 from pipeline.runner import SweepPlan, run_trial
 from pipeline.sink import ResultsSink
@@ -187,6 +188,8 @@ def _ray_session(config: SweepConfig, *, verbose: bool = False, log_file: os.Pat
                     configure_logging=True,
                     logging_level=logging.INFO if verbose else logging.WARNING,
                 )
+            if not local:  # a trial no node can hold would wait forever: say so now (ConfigError)
+                check_cluster_resources(config, ray.nodes())
             if progress is not None:
                 progress.say(f"Ray up in {time.monotonic() - begin:.0f} s; starting the trials' workers")
         elif progress is not None:

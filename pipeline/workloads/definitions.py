@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ COMMON_KEYS = (
 CAPS = ("max_train_examples", "max_test_examples")  # data caps; None = all the data
 # pipeline.data trains local tokenizers of 512 to 65,536 entries (its get_tokenizer's range).
 VOCAB_RANGE = (512, 65_536)
+# `model:` override fields that are sizes (counts): layers, heads, widths, kernels, positions.
+_SIZE_FIELD = re.compile(r"(^num_|^n_|_size$|_sizes$|_layers$|_heads$|^depths$|_dim$|^d_|_positions$|_channels$)")
 
 
 def resolve(reference: str) -> Any:
@@ -234,6 +237,12 @@ def _check_model_overrides(name: str, definition: WorkloadDefinition,
         if unknown:
             raise ValueError(f"workload.model: {', '.join(map(repr, unknown))} not a field of "
                              f"{config_class.__name__} ({name!r})")
+    for key, value in overrides.items():  # sizes: counts of layers, heads, units, channels
+        values = value if isinstance(value, list) else [value]
+        sized = _SIZE_FIELD.search(key) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        if sized and (not values or min(values) < 1):
+            raise ValueError(f"workload.model.{key}: {value!r} is not a size; expected "
+                             f"{'a list of ' if isinstance(value, list) else 'an '}integer(s) >= 1")
     fixed = sorted(set(overrides) & set(definition.fixed_fields))
     if fixed:
         raise ValueError(f"workload.model: {', '.join(map(repr, fixed))} set by the workload "
