@@ -1,7 +1,8 @@
-"""Command line: `python -m pipeline sweep CONFIG [key.path=value ...] | aggregate RESULTS_DIR | setup [...]`."""
+"""Command line: `python -m pipeline sweep|plan CONFIG [key.path=value ...] | aggregate RESULTS_DIR | setup [...]`."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -9,6 +10,7 @@ USAGE = """usage: python -m pipeline COMMAND ...
   sweep CONFIG [key.path=value ...] [--verbose]
                                       run a sweep (Ray Tune + MLflow), then its aggregate stage;
                                       --verbose keeps Ray's and Tune's own output
+  plan CONFIG [key.path=value ...]    validate a config; print its trials and estimated GPU-hours (a dry run)
   aggregate RESULTS_DIR               re-run the aggregate stage of <results_dir>/<sweep name>
   setup [--data-dir D] [--only NAME]  prepare the corpora (idempotent)
   tracking-server [--host H] [--port P] [--store URI]
@@ -38,11 +40,12 @@ def sweep_command(args: Sequence[str]) -> int:
                       "usage: python -m pipeline sweep CONFIG [key.path=value ...]")
     from pipeline.config import ConfigError, load_config
     from pipeline.preflight import preflight
-    from pipeline.runner import plan_sweep
 
     try:
         config = load_config(args[0], args[1:])
         preflight(config)  # the machine: paths, data, resources, the Ray address (pipeline.preflight)
+        from pipeline.runner import plan_sweep  # MLflow: only once the input is known to be good
+
         plan = plan_sweep(config)
     except ConfigError as err:
         return _error(str(err))
@@ -100,6 +103,29 @@ def _aggregate_and_report(layout) -> dict[str, int]:
             "coverage": line}
 
 
+PLAN_USAGE = "usage: python -m pipeline plan CONFIG [key.path=value ...]"
+
+
+def plan_command(args: Sequence[str]) -> int:
+    """A dry run: the config validated, its trials counted and their GPU-hours estimated
+    (pipeline.cost); no Ray, no tracking store, no data read."""
+    if args and args[0] in ("-h", "--help"):
+        print(PLAN_USAGE)
+        return 0
+    if not args or args[0].startswith("-"):
+        return _error(f"plan: expected a config file, got {list(args)}; {PLAN_USAGE}")
+    from pipeline.config import ConfigError, load_config
+    from pipeline.cost import plan_lines
+
+    try:
+        config = load_config(args[0], args[1:])
+    except ConfigError as err:
+        return _error(str(err))
+    for line in plan_lines(config):
+        _say(line)
+    return 0
+
+
 AGGREGATE_USAGE = "usage: python -m pipeline aggregate RESULTS_DIR   (RESULTS_DIR = <results_dir>/<sweep name>)"
 
 
@@ -137,8 +163,15 @@ def setup_command(args: Sequence[str]) -> int:
     return 0
 
 
+def private_umask() -> None:
+    """Files and folders this process and its children (Ray, MLflow's SQLite store) create are never
+    group- or world-writable, whatever umask the shell had (0 in many containers)."""
+    os.umask(os.umask(0) | 0o022)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    private_umask()
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
@@ -147,13 +180,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sweep_command(rest)
     if command == "aggregate":
         return aggregate_command(rest)
+    if command == "plan":
+        return plan_command(rest)
     if command == "setup":
         return setup_command(rest)
     if command == "tracking-server":
         from pipeline.tracking_server import main as serve
 
         return serve(rest)
-    return _error(f"unknown command {command!r}; allowed: sweep, aggregate, setup, tracking-server")
+    return _error(f"unknown command {command!r}; allowed: sweep, plan, aggregate, setup, tracking-server")
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ class SweepConfig(_Strict):
     @cached_property
     def trials(self) -> tuple[Trial, ...]:
         """The grid, expanded once (validate() fills this), in config order."""
-        return tuple(trial for block in self.experiments for trial in _block_trials(self, block))
+        return tuple(trial for block in self.experiments for trial in block_trials(self, block))
 
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*")
@@ -202,15 +202,15 @@ def validate(raw: dict) -> SweepConfig:
         where = f"experiments.{index}"
         _check_block(where, block)
         try:
-            block_trials = _block_trials(config, block)
+            expanded = block_trials(config, block)
         except ValueError as err:  # the workload's own spec checks (pipeline.workloads)
             raise ConfigError(f"{where}.{err}") from None
-        for trial in block_trials:
+        for trial in expanded:
             if trial.trial_id in seen:
                 raise ConfigError(f"{where}: trial id {trial.trial_id!r} repeats one of "
                                   f"experiments.{seen[trial.trial_id]}; give one block a distinct `label`")
             seen[trial.trial_id] = index
-        trials += block_trials
+        trials += expanded
     config.__dict__["trials"] = tuple(trials)  # the cached_property: the grid is expanded once
     return config
 
@@ -325,7 +325,8 @@ def trial_id(block: ExperimentBlock, algorithm: str, lr: float | None, fraction:
     return "-".join(p for p in parts if p)
 
 
-def _block_trials(config: SweepConfig, block: ExperimentBlock) -> list[Trial]:
+def block_trials(config: SweepConfig, block: ExperimentBlock) -> list[Trial]:
+    """One block's trials, in grid order."""
     workload = validate_workload_spec(block_workload(block, config))
     return [
         Trial(

@@ -210,7 +210,8 @@ def check_address(config: SweepConfig) -> None:
     address = ray_address(config.ray.address or "")
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError(f"ray.address: {config.ray.address!r} is not host:port (or auto, or null for a local Ray)")
+        raise ConfigError(f"ray.address: {config.ray.address!r} is not an address; expected host:port of a Ray head, "
+                          "auto, or null for a local Ray")
     timeout = config.ray.connect_timeout_s
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()

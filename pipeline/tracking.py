@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from pipeline.redact import mask_uri
 from pipeline.tracking_view import experiment_tags, report_artifacts, run_name, trial_tags, view_path
 
 if TYPE_CHECKING:
@@ -150,9 +151,10 @@ def artifact_location(uri: str, name: str) -> str | None:
 
 def browse_hint(uri: str) -> str:
     """The command (or address) that shows the runs of this store."""
+    shown = mask_uri(uri)  # printed and kept in logs: no credentials
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {shown} in a browser"
+    return f"mlflow ui --backend-store-uri {shown}"
 
 
 def retry_locked(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -195,7 +197,7 @@ def start_sweep(uri: str, name: str, *, tags: Mapping[str, str], description: st
         run = retry_locked(mlflow.create_run, experiment_id, run_name=name, tags=run_tags)
     except Exception as err:
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise TrackingError(f"tracking_uri: cannot use {uri}: {first}") from err
+        raise TrackingError(f"tracking_uri: cannot use {mask_uri(uri)}: {first}") from err
     return MlflowSweepRun(uri, experiment_id, run.info.run_id)
 
 
