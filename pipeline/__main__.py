@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.tracking_server import main as serve
 
         return serve(rest)
-    return _error(f"unknown command {command!r}; allowed: sweep, plan, aggregate, setup, tracking-server")
+    return _error(f"unknown command {command!r}; allowed: sweep, aggregate, setup, tracking-server, plan")
 
 
 if __name__ == "__main__":

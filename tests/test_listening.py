@@ -21,7 +21,9 @@ def _address(hex_address: str) -> str:
     host, port = hex_address.split(":")
     raw = bytes.fromhex(host)
     raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    return f"{ipaddress.ip_address(raw)}:{int(port, 16)}"
+    ip = ipaddress.ip_address(raw)
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is loopback too
+    return f"{mapped or ip}:{int(port, 16)}"
 
 
 def _tree(root: int) -> list[int]:
