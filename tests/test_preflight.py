@@ -3,10 +3,15 @@ naming the key, no traceback, in seconds, and Ray never starts (its temp folder 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -116,3 +121,48 @@ def test_cluster_resources_are_checked_against_the_nodes(tmp_path, monkeypatch):
         check_cluster_resources(config, nodes)  # the dead node's four GPUs do not count
     (tmp_path / "absent.yaml").write_text("cluster_name: x\n")  # an autoscaling cluster: nodes may join
     check_cluster_resources(config, nodes)
+
+
+@pytest.mark.slow
+def test_a_cluster_that_cannot_hold_a_trial_is_refused(tmp_path):
+    """A real one-CPU Ray head (`ray start --head`, its own HOME and temp folder, ended by its process
+    group); a sweep that joins it asking four CPUs a trial exits 2 instead of waiting forever."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    home = tmp_path / "home"
+    home.mkdir()
+    ray_tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    env = {**os.environ, "HOME": str(home), "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(ROOT),
+           "PIPELINE_DATA_DIR": os.environ.get("PIPELINE_DATA_DIR", str(Path.home() / ".cache/adam-sgd-sharpness"))}
+    env.pop("RAY_ADDRESS", None)
+    ray = Path(sys.executable).with_name("ray")
+    log = (tmp_path / "head.log").open("wb")
+    head = subprocess.Popen([str(ray), "start", "--head", f"--port={port}", "--num-cpus=1", "--block",
+                             "--include-dashboard=false", "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert head.poll() is None and time.monotonic() < deadline, (tmp_path / "head.log").read_text()[-3000:]
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                break
+            time.sleep(1)
+        base = [f"results_dir={tmp_path / 'results'}", f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                f"ray.address=127.0.0.1:{port}", "resources_per_trial.cpu=4"]
+        done = subprocess.run([sys.executable, "-m", "pipeline", "sweep", str(SMOKE), *base], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=300)
+        # Joining a cluster, Ray's own logger may warn first (here: no route to find this node's IP).
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+        assert done.stderr.splitlines()[-1] == errors[0] and "Traceback" not in done.stderr
+        assert errors[0].startswith("error: resources_per_trial.cpu: 4 per trial, but no node of the cluster")
+        assert "largest: 1" in errors[0]
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                head.wait(timeout=20)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
