@@ -66,7 +66,7 @@ def _host(address: str) -> str:
 
 
 @pytest.mark.slow
-def test_a_running_sweep_listens_on_loopback_only(tmp_path):
+def test_a_running_sweep_listens_on_loopback_only_and_writes_no_shared_files(tmp_path):
     """Nothing on a specific non-loopback address; every-interface listeners are Ray 2.60's gRPC servers
     (GCS, raylet, object manager, core workers), which have no setting to bind loopback (Ray's token
     auth guards them; README): the test reports them as an expected failure, and passes once Ray can."""
@@ -78,8 +78,10 @@ def test_a_running_sweep_listens_on_loopback_only(tmp_path):
         "    steps: 60\n    algorithms: {sgd: {lr: 0.1}}\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
-    sweep = subprocess.Popen([sys.executable, "-m", "pipeline", "sweep", str(config),
-                              f"results_dir={tmp_path / 'results'}", f"tracking_uri=sqlite:///{tmp_path / 'm.db'}"],
+    # Started under umask 0 (as in many containers): nothing it writes may be group- or world-writable.
+    sweep = subprocess.Popen(["bash", "-c", 'umask 000 && exec "$@"', "sh", sys.executable, "-m", "pipeline", "sweep",
+                              str(config), f"results_dir={tmp_path / 'results'}",
+                              f"tracking_uri=sqlite:///{tmp_path / 'm.db'}"],
                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: dict[str, str] = {}
     try:
@@ -92,6 +94,10 @@ def test_a_running_sweep_listens_on_loopback_only(tmp_path):
             sweep.kill()
     assert sweep.returncode == 0, output[-3000:]
     assert seen, "no listening socket seen while the sweep ran"
+    written = [p for p in [tmp_path / "m.db", *(tmp_path / "results").rglob("*")] if not p.is_symlink()]
+    assert len(written) > 10
+    shared = [f"{p}: {oct(p.stat().st_mode & 0o777)}" for p in written if p.stat().st_mode & 0o022]
+    assert not shared, shared
     elsewhere = {a: p for a, p in seen.items() if not _host(a).startswith(LOOPBACK)}
     specific = {a: p for a, p in elsewhere.items() if _host(a) not in ("0.0.0.0", "::")}
     assert not specific, f"listening on a non-loopback address: {specific}"
