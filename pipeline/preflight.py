@@ -191,13 +191,15 @@ def local_gpus() -> int:
 
 
 def ray_address(address: str) -> str:
-    """The host:port that `address` names; `auto`: the cluster this machine runs ($RAY_ADDRESS, or
-    the address Ray's `ray start` recorded)."""
+    """The host:port that `address` names; `auto`: the cluster ray.init would join, found as Ray finds
+    it ($RAY_ADDRESS, the address the last `ray start` here recorded, a running GCS)."""
     if address == "auto":
-        address = os.environ.get("RAY_ADDRESS", "")
-        recorded = Path("/tmp/ray/ray_current_cluster")
-        if not address and recorded.is_file():
-            address = recorded.read_text().strip()
+        from ray._private.services import get_ray_address_from_environment  # Ray's own lookup
+
+        try:
+            address = get_ray_address_from_environment("auto", None) or ""
+        except ConnectionError:
+            address = ""
         if not address or address == "auto":
             raise ConfigError("ray.address: 'auto' found no running Ray cluster on this machine "
                               "(no $RAY_ADDRESS, no `ray start` here); expected host:port of a Ray head or null")
@@ -217,7 +219,8 @@ def check_address(config: SweepConfig) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as err:
         reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or type(err).__name__)
-        raise ConfigError(f"ray.address: no Ray head answers at {address} within {timeout:g} s ({reason}); "
+        found = f" (found for {config.ray.address!r})" if address != config.ray.address else ""
+        raise ConfigError(f"ray.address: no Ray head answers at {address}{found} within {timeout:g} s ({reason}); "
                           "expected the address of a running cluster (ray.connect_timeout_s sets the wait)") from None
 
 

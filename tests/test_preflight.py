@@ -43,6 +43,7 @@ CASES = [
     ("custom resource on a local Ray", ["resources_per_trial.custom.worker_node=1"], "resources_per_trial.custom:"),
     ("unreachable ray.address", ["ray.address=10.255.255.1:6379", "ray.connect_timeout_s=3"], "ray.address:"),
     ("ray.address not host:port", ["ray.address=nowhere"], "ray.address:"),
+    ("ray.address=auto with no reachable cluster", ["ray.address=auto", "ray.connect_timeout_s=3"], "ray.address:"),
     ("absurd step count", ["experiments.0.steps=1000000000000000"], "less than or equal to 10000000"),
 ]
 
