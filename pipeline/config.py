@@ -74,6 +74,10 @@ class Measure(_Strict):
     topk_fraction: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.1
     outlier_factor: PosFloat = 4.0  # Gauss-Newton: rows >= factor x the mean row norm are removed
     gn_samples: PosInt = 16
+    # Gauss-Newton coordinates: "attention" (the attention weight matrices, as the authors' code),
+    # "all" (every trainable parameter) or a regular expression searched in parameter names.
+    gn_params: Annotated[str, Field(min_length=1)] = "attention"
+    gn_control_seed: NonNegInt = 0  # seeds the random-removal control (the authors' check_sol)
 
     def steps(self, steps: int) -> list[int]:
         """The steps at which an experiment measures: `at`, or every N, within [0, steps]."""

@@ -53,7 +53,10 @@ _EXPERIMENT_COLUMNS: dict[str, list[pa.Field]] = {
     ),
     "smoothness": _fields(
         ("step", I64), ("L", F64), ("ell", F64), ("ratio", F64), ("fraction_removed", F64),
+        # the control: as many coordinates removed at random (seeded by control_seed)
+        ("ell_random", F64), ("ratio_random", F64),
         ("outlier_factor", F64), ("n_samples", I64),
+        ("gn_params", STR), ("n_params", I64), ("control_seed", I64),
     ),
     # One row per finished trial: where it ran (Ray's node address) and how long it took.
     "trials": _fields(("node_ip", STR), ("hostname", STR), ("seconds", F64)),
@@ -130,10 +133,12 @@ TABLE8_SMOOTHNESS = TableSpec(
     "table8_smoothness",
     pa.schema(_fields(
         ("sweep", STR), ("workload", STR), ("trajectory", STR), ("algorithm", STR), ("clip_fraction", F64),
-        ("clip_target", STR), ("lr", F64, True), ("outlier_factor", F64), ("step", I64), ("n_seeds", I64),
+        ("clip_target", STR), ("lr", F64, True), ("outlier_factor", F64), ("gn_params", STR),
+        ("control_seed", I64), ("step", I64), ("n_seeds", I64),
         ("L", F64), ("ell", F64), ("ratio", F64), ("fraction_removed", F64),
+        ("ell_random", F64), ("ratio_random", F64),
     )),
-    ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "outlier_factor", "step"),
+    ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "outlier_factor", "gn_params", "step"),
 )
 
 # The paper's orderings claims checked per workload (pipeline/orderings.py).

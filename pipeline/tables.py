@@ -204,16 +204,19 @@ def table1_sharpness_ratio(rows: Iterable[Row]) -> list[dict[str, object]]:
 def table8_smoothness(rows: Iterable[Row]) -> list[dict[str, object]]:
     """Paper Table 8: per trajectory and measurement point, L, ell, L/ell and eps, mean over seeds.
 
-    ``ratio`` is the mean of each seed's L/ell (not the ratio of the means).
+    ``ratio`` is the mean of each seed's L/ell (not the ratio of the means), ``ratio_random``
+    likewise for the random-removal control; ``gn_params`` names the coordinates measured.
     """
     out = []
-    for group in group_rows(rows, TRAJECTORY_KEY + ("outlier_factor", "step")).values():
+    keys = TRAJECTORY_KEY + ("outlier_factor", "gn_params", "control_seed", "step")
+    columns = ("L", "ell", "ratio", "fraction_removed", "ell_random", "ratio_random")
+    for group in group_rows(rows, keys).values():
         first = group[0]
         out.append({
-            **{k: first[k] for k in TRAJECTORY_KEY + ("outlier_factor", "step")},
+            **{k: first[k] for k in keys},
             "trajectory": optimizer_label(first["algorithm"], first["clip_fraction"], first["clip_target"]),
             "n_seeds": len(group),
-            **{col: mean([float(r[col]) for r in group]) for col in ("L", "ell", "ratio", "fraction_removed")},
+            **{col: mean([float(r[col]) for r in group]) for col in columns},
         })
     return out
 

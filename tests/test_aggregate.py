@@ -96,7 +96,9 @@ def write_smoothness(sweep_dir):
     for seed, by_step in SMOOTH.items():
         t = trial("smoothness", "adam", 0.0, 0.001, seed, workload="classification")
         rows = [{"step": step, "L": L, "ell": ell, "ratio": L / ell, "fraction_removed": eps,
-                 "outlier_factor": 4.0, "n_samples": 16} for step, (L, ell, eps) in by_step.items()]
+                 "ell_random": 0.9 * L, "ratio_random": 1 / 0.9, "outlier_factor": 4.0, "n_samples": 16,
+                 "gn_params": "attention", "n_params": 1000, "control_seed": 0}
+                for step, (L, ell, eps) in by_step.items()]
         write(sweep_dir, t, {"smoothness": rows})
 
 

@@ -65,7 +65,8 @@ def write_convergence(sweep_dir):
 def write_smoothness(sweep_dir):
     t = trial("smoothness", "adam", 0, lr=0.001, workload="classification")
     rows = [{"step": s, "L": 9.0, "ell": 3.0, "ratio": 3.0, "fraction_removed": 0.01, "outlier_factor": 2.0,
-             "n_samples": 8} for s in (0, 5)]
+             "ell_random": 8.5, "ratio_random": 9.0 / 8.5, "n_samples": 8, "gn_params": "attention",
+             "n_params": 500, "control_seed": 0} for s in (0, 5)]
     write(sweep_dir, t, {"smoothness": rows})
 
 

@@ -113,3 +113,5 @@ def test_smoothness_on_the_classifier():
     for r in rows:
         assert 0 < r["ell"] <= r["L"] and r["n_samples"] == 3
         assert r["ratio"] == pytest.approx(r["L"] / r["ell"])
+        assert r["gn_params"] == "attention" and 0 < r["n_params"] and r["control_seed"] == 0
+        assert r["ell"] <= r["L"] and r["ell_random"] <= r["L"]
