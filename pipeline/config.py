@@ -72,6 +72,9 @@ class Measure(_Strict):
     lanczos_tol: PosFloat = 1e-3
     hutchinson_samples: PosInt = 8
     topk_fraction: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.1
+    # The share of SGD's sharpness carried by its top-k coordinates (paper Secs. 3.2, 4.1), per k;
+    # empty: not measured. Written to the topk_share table at every measurement point.
+    share_fractions: tuple[Annotated[StrictFloat, Field(gt=0, le=1)], ...] = (0.001, 0.01, 0.1)
     outlier_factor: PosFloat = 4.0  # Gauss-Newton: rows >= factor x the mean row norm are removed
     gn_samples: PosInt = 16
     # Gauss-Newton coordinates: "attention" (the attention weight matrices, as the authors' code),

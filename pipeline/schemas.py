@@ -42,6 +42,15 @@ _EXPERIMENT_COLUMNS: dict[str, list[pa.Field]] = {
         ("probe_clip_target", STR), ("sharpness", F64), ("sharpness_raw", F64), ("robust", BOOL),
         # null when the sweep has no plain "sgd" probe to divide by
         ("ratio_to_sgd", F64, True), ("grad_correlation", F64), ("update_norm", F64),
+        # the paper's Eq. 4 value where it was taken: this probe's raw value is negative, or SGD's is
+        ("sharpness_shifted", F64, True),
+        # the paper's ratio: raw / raw; shifted / shifted where SGD's raw value is negative
+        ("ratio_to_sgd_paper", F64, True),
+    ),
+    # The share of SGD's sharpness carried by its top-k coordinates (pipeline.measure.topk).
+    "topk_share": _fields(
+        ("step", I64), ("probe", STR), ("topk_fraction", F64), ("n_masked", I64), ("sharpness", F64),
+        ("sharpness_masked", F64), ("sharpness_share", F64), ("norm_share", F64),
     ),
     "landscape": _fields(("step", I64), ("probe", STR), ("offset", F64), ("loss", F64), ("loss_change", F64)),
     "histogram": _fields(("step", I64), ("probe", STR), ("bin_lo", F64), ("bin_hi", F64), ("count", I64)),
@@ -65,6 +74,7 @@ _EXPERIMENT_KEYS = {
     "sharpness": ("step", "probe"),
     "landscape": ("step", "probe", "offset"),
     "histogram": ("step", "probe", "bin_lo"),
+    "topk_share": ("step", "probe", "topk_fraction"),
     "convergence": ("step",),
     "curvature": ("step",),
     "smoothness": ("step",),
@@ -112,6 +122,8 @@ TABLE1_SHARPNESS_RATIO = TableSpec(
         ("sweep", STR), ("workload", STR), ("trajectory", STR), ("algorithm", STR), ("clip_fraction", F64),
         ("clip_target", STR), ("lr", F64, True), ("step", I64), ("probe", STR), ("seed", I64),
         ("ratio_to_sgd", F64, True), ("ratio_mean", F64, True), ("n_seeds", I64),
+        ("ratio_to_sgd_paper", F64, True), ("ratio_paper_mean", F64, True),
+        ("undecided", BOOL), ("n_undecided", I64),
     )),
     ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "step", "probe", "seed"),
 )

@@ -42,7 +42,8 @@ def write_sharpness(sweep_dir, seed):
         for probe, s in (("sgd", 8.0), ("adam", 0.8 * (seed + 1))):
             sharp.append({"step": step, "probe": probe, "probe_algorithm": probe, "probe_clip_fraction": 0.0,
                           "probe_clip_target": "grad", "sharpness": s, "sharpness_raw": s, "robust": False,
-                          "ratio_to_sgd": s / 8.0, "grad_correlation": 0.2, "update_norm": 1.0})
+                          "ratio_to_sgd": s / 8.0, "grad_correlation": 0.2, "update_norm": 1.0,
+                          "sharpness_shifted": None, "ratio_to_sgd_paper": s / 8.0})
             land += [{"step": step, "probe": probe, "offset": o, "loss": 2 + s * o * o, "loss_change": s * o * o}
                      for o in (-0.5, 0.0, 0.5)]
             hist += [{"step": step, "probe": probe, "bin_lo": lo, "bin_hi": lo + 2.0, "count": 5 + int(lo)}
