@@ -4,7 +4,8 @@ One training optimizer (SGD-momentum or Adam) moves the weights. Every step's mi
 is also fed to the probe bank; at the scheduled steps each probe's current update is a direction
 whose directional sharpness, gradient correlation, 1-D landscape and coordinate histogram are
 measured on the fixed test batch (model in eval mode), with the weights where the step's
-gradient was taken, and the share of SGD's sharpness carried by its top-k coordinates. Optionally the curvature beyond the paper (Sec. 4.2 conjecture) is measured
+gradient was taken, and the share of SGD's sharpness carried by its top-k coordinates.
+Optionally the curvature beyond the paper (Sec. 4.2 conjecture) is measured
 at the same points: the top Hessian eigenvalue and the rank correlation of |g_i| with |H_ii|.
 """
 
