@@ -158,8 +158,14 @@ ORDERINGS = TableSpec(
     "orderings",
     pa.schema(_fields(
         ("sweep", STR), ("workload", STR), ("claim", STR), ("trajectory", STR), ("lr", F64, True),
-        ("subject", STR), ("n_points", I64), ("measured", F64, True), ("fraction_holding", F64, True),
-        ("holds", BOOL, True), ("paper", BOOL, True), ("agrees", BOOL, True), ("detail", STR),
+        ("subject", STR), ("n_points", I64), ("n_undecided", I64),
+        ("measured", F64, True), ("measured_log10", F64, True),
+        ("control", F64, True),  # smoothness: median L / ell_random of the random-removal control
+        ("fraction_holding", F64, True), ("holds", BOOL, True),
+        # what the paper published for the same claim, probe, trajectory and workload
+        ("paper_value", F64, True), ("paper_log10", F64, True), ("paper_points", I64),
+        ("paper_fraction_holding", F64, True), ("paper", BOOL, True), ("paper_source", STR, True),
+        ("agrees", BOOL, True), ("verdict", STR), ("detail", STR),
     )),
     ("workload", "claim", "trajectory", "lr", "subject"),
 )
