@@ -253,6 +253,12 @@ def _check_block(where: str, block: ExperimentBlock) -> None:
         raise ConfigError(f"{where}.workload.name: smoothness needs a two-class classifier: {allowed}")
     if block.measure.at is not None and block.measure.every is not None:
         raise ConfigError(f"{where}.measure: give `at` or `every`, not both")
+    if block.measure.gn_params not in ("attention", "all"):
+        try:
+            re.compile(block.measure.gn_params)
+        except re.error as err:
+            raise ConfigError(f"{where}.measure.gn_params: expected attention, all or a regular expression; "
+                              f"{block.measure.gn_params!r} is not one ({err})") from None
     axes = {"seeds": block.seeds, "algorithms": block.algorithms}
     axes |= {f"algorithms.{a}.{axis}": getattr(g, axis) for a, g in block.algorithms.items()
              for axis in ("lr", "clip_fraction", "clip_target")}
