@@ -109,6 +109,8 @@ def _row(key: tuple, claim: str, subject: str, ours: Sequence[float | None], pap
     measured, paper_value = _median(decided), _median(paper_decided)
     if source is None:
         paper_holds = paper_fraction = paper_value = None
+    elif paper and not paper_decided:
+        detail += "; every published point here is undecided (a negative ratio): no value to compare with"
     return {
         "sweep": sweep, "workload": workload, "claim": claim, "trajectory": trajectory, "lr": lr,
         "subject": subject, "n_points": len(ours), "n_undecided": len(ours) - len(decided),

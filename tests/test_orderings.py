@@ -98,6 +98,15 @@ def test_negative_ratios_are_undecided_never_held():
     assert adam["paper_points"] == 4 and adam["paper"] is True and adam["paper_value"] == pytest.approx(0.000166)
 
 
+def test_a_published_series_with_no_decided_point_gives_no_value():
+    # Table 7 (code, Adam's trajectory): adam_clip0.5 and adam are never both positive at one epoch.
+    rows = [t1("causal_lm", 50, p, r, trajectory="adam") for p, r in (("sgd", 1.0), ("adam", 0.1),
+                                                                      ("adam_clip0.5", 0.01))]
+    row = by_subject(sharpness_orderings(rows, PUBLISHED), "clipping_lowers_sharpness")["adam_clip0.5 vs adam"]
+    assert row["paper_points"] == 4 and row["paper"] is None and row["verdict"] == "the paper has no value"
+    assert "every published point here is undecided" in row["detail"]
+
+
 def test_step_zero_left_out_when_later_points_exist():
     rows = [t1("causal_lm", 0, "sgd", 1.0), t1("causal_lm", 0, "adam", 5.0),
             t1("causal_lm", 50, "sgd", 1.0), t1("causal_lm", 50, "adam", 0.5)]
