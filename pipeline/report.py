@@ -118,9 +118,9 @@ def _glance_section(rows: Rows) -> list[str]:
            "exist; a point with a negative sharpness is left out) of each probe's seed-mean directional "
            "sharpness divided by SGD's, our ratio (`ratio_to_sgd`: robust-or-raw over robust-or-raw); one "
            "table per training trajectory. Below 1: a flatter direction than SGD's. `paper` columns: the "
-           "median over the epochs the paper published of its ratio for the same probe, trajectory and "
-           "workload (its table named in the column; `-`: none published). The full tables per step and "
-           "seed follow.", ""]
+           "median over the epochs the paper published of its positive ratios for the same probe, trajectory "
+           "and workload (its table named in the column; `-`: none published, or all negative). The full "
+           "tables per step and seed follow.", ""]
     medians = median_ratios(rows)
     published = load_paper_values()
     for (trajectory,), group in sorted(group_rows(rows, ("trajectory",)).items()):
@@ -139,7 +139,12 @@ def _glance_section(rows: Rows) -> list[str]:
 
 
 def _published_median(by_epoch: Mapping[int, float] | None) -> float | None:
-    return statistics.median(by_epoch.values()) if by_epoch else None
+    # A negative published ratio is undecided, as ours are: the median is over the positive ones.
+    decided = [v for v in (by_epoch or {}).values() if v > 0]
+    return statistics.median(decided) if decided else None
+
+
+_LISTED = 8  # points named where the robust value is negative; the rest are counted
 
 
 def _negative_robust(sharpness: Rows) -> list[str]:
@@ -152,9 +157,10 @@ def _negative_robust(sharpness: Rows) -> list[str]:
     line = f"{len(robust)} measured values were negative and replaced by the robust value; "
     if not still:
         return [line + "every robust value is positive.", ""]
-    where = "; ".join(f"{w} trajectory {t} step {s} {p}" for w, t, s, p in still)
-    return [line + f"the robust value is itself negative at {len(still)} point(s) ({where}): "
-            "those ratios are undecided.", ""]
+    where = "; ".join(f"{w} trajectory {t} step {s} {p}" for w, t, s, p in still[:_LISTED])
+    more = f"; and {len(still) - _LISTED} more" if len(still) > _LISTED else ""
+    return [line + f"the robust value is itself negative at {len(still)} point(s) ({where}{more}; "
+            "`tables/sharpness.parquet`: `robust` and `sharpness` < 0): those ratios are undecided.", ""]
 
 
 def _sharpness_section(rows: Rows, figures: Mapping[str, Path], sharpness: Rows) -> list[str]:

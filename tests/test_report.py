@@ -178,5 +178,5 @@ def test_a_negative_robust_value_is_stated():
             dict(base, probe="lion", robust=True, sharpness=1e-3), dict(base, probe="sgd", robust=False, sharpness=1.0)]
     text = "".join(_negative_robust(rows))
     assert "2 measured values were negative" in text
-    assert "itself negative at 1 point(s) (causal_lm trajectory adam step 40 adafactor)" in text
+    assert "itself negative at 1 point(s) (causal_lm trajectory adam step 40 adafactor;" in text
     assert "every robust value is positive" in "".join(_negative_robust(rows[1:]))
