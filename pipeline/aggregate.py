@@ -40,7 +40,7 @@ def build_tables(
         return records[name].to_pylist() if name in records else []
 
     out: dict[str, pa.Table] = {}
-    for name in ("sharpness", "landscape", "histogram", "convergence", "smoothness", "trials"):
+    for name in ("sharpness", "landscape", "histogram", "topk_share", "convergence", "smoothness", "trials"):
         if name in present:
             out[name] = records[name] if name in records else OUTPUT_TABLES[name].schema.empty_table()
     if "convergence" in present:

@@ -80,8 +80,15 @@ class Measure(_Strict):
     lanczos_tol: PosFloat = 1e-3
     hutchinson_samples: PosInt = 8
     topk_fraction: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.1
+    # The share of SGD's sharpness carried by its top-k coordinates (paper Secs. 3.2, 4.1), per k;
+    # empty: not measured. Written to the topk_share table at every measurement point.
+    share_fractions: tuple[Annotated[StrictFloat, Field(gt=0, le=1)], ...] = (0.001, 0.01, 0.1)
     outlier_factor: PosFloat = 4.0  # Gauss-Newton: rows >= factor x the mean row norm are removed
     gn_samples: PosInt = 16
+    # Gauss-Newton coordinates: "attention" (the attention weight matrices, as the authors' code),
+    # "all" (every trainable parameter) or a regular expression searched in parameter names.
+    gn_params: Annotated[str, Field(min_length=1)] = "attention"
+    gn_control_seed: NonNegInt = 0  # seeds the random-removal control (the authors' check_sol)
 
     def steps(self, steps: int) -> list[int]:
         """The steps at which an experiment measures: `at`, or every N, within [0, steps]."""
@@ -267,6 +274,12 @@ def _check_block(where: str, block: ExperimentBlock) -> None:
     if block.measure.every is not None and block.measure.every > block.steps:
         raise ConfigError(f"{where}.measure.every: {block.measure.every} exceeds the run's steps "
                           f"({block.steps}); expected at most {block.steps}")
+    if block.measure.gn_params not in ("attention", "all"):
+        try:
+            re.compile(block.measure.gn_params)
+        except re.error as err:
+            raise ConfigError(f"{where}.measure.gn_params: expected attention, all or a regular expression; "
+                              f"{block.measure.gn_params!r} is not one ({err})") from None
     axes = {"seeds": block.seeds, "algorithms": block.algorithms}
     axes |= {f"algorithms.{a}.{axis}": getattr(g, axis) for a, g in block.algorithms.items()
              for axis in ("lr", "clip_fraction", "clip_target")}

@@ -42,6 +42,15 @@ _EXPERIMENT_COLUMNS: dict[str, list[pa.Field]] = {
         ("probe_clip_target", STR), ("sharpness", F64), ("sharpness_raw", F64), ("robust", BOOL),
         # null when the sweep has no plain "sgd" probe to divide by
         ("ratio_to_sgd", F64, True), ("grad_correlation", F64), ("update_norm", F64),
+        # the paper's Eq. 4 value where it was taken: this probe's raw value is negative, or SGD's is
+        ("sharpness_shifted", F64, True),
+        # the paper's ratio: raw / raw; shifted / shifted where SGD's raw value is negative
+        ("ratio_to_sgd_paper", F64, True),
+    ),
+    # The share of SGD's sharpness carried by its top-k coordinates (pipeline.measure.topk).
+    "topk_share": _fields(
+        ("step", I64), ("probe", STR), ("topk_fraction", F64), ("n_masked", I64), ("sharpness", F64),
+        ("sharpness_masked", F64), ("sharpness_share", F64), ("norm_share", F64),
     ),
     "landscape": _fields(("step", I64), ("probe", STR), ("offset", F64), ("loss", F64), ("loss_change", F64)),
     "histogram": _fields(("step", I64), ("probe", STR), ("bin_lo", F64), ("bin_hi", F64), ("count", I64)),
@@ -53,7 +62,10 @@ _EXPERIMENT_COLUMNS: dict[str, list[pa.Field]] = {
     ),
     "smoothness": _fields(
         ("step", I64), ("L", F64), ("ell", F64), ("ratio", F64), ("fraction_removed", F64),
+        # the control: as many coordinates removed at random (seeded by control_seed)
+        ("ell_random", F64), ("ratio_random", F64),
         ("outlier_factor", F64), ("n_samples", I64),
+        ("gn_params", STR), ("n_params", I64), ("control_seed", I64),
     ),
     # One row per finished trial: where it ran (Ray's node address) and how long it took.
     "trials": _fields(("node_ip", STR), ("hostname", STR), ("seconds", F64)),
@@ -62,6 +74,7 @@ _EXPERIMENT_KEYS = {
     "sharpness": ("step", "probe"),
     "landscape": ("step", "probe", "offset"),
     "histogram": ("step", "probe", "bin_lo"),
+    "topk_share": ("step", "probe", "topk_fraction"),
     "convergence": ("step",),
     "curvature": ("step",),
     "smoothness": ("step",),
@@ -109,6 +122,8 @@ TABLE1_SHARPNESS_RATIO = TableSpec(
         ("sweep", STR), ("workload", STR), ("trajectory", STR), ("algorithm", STR), ("clip_fraction", F64),
         ("clip_target", STR), ("lr", F64, True), ("step", I64), ("probe", STR), ("seed", I64),
         ("ratio_to_sgd", F64, True), ("ratio_mean", F64, True), ("n_seeds", I64),
+        ("ratio_to_sgd_paper", F64, True), ("ratio_paper_mean", F64, True),
+        ("undecided", BOOL), ("n_undecided", I64),
     )),
     ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "step", "probe", "seed"),
 )
@@ -130,10 +145,12 @@ TABLE8_SMOOTHNESS = TableSpec(
     "table8_smoothness",
     pa.schema(_fields(
         ("sweep", STR), ("workload", STR), ("trajectory", STR), ("algorithm", STR), ("clip_fraction", F64),
-        ("clip_target", STR), ("lr", F64, True), ("outlier_factor", F64), ("step", I64), ("n_seeds", I64),
+        ("clip_target", STR), ("lr", F64, True), ("outlier_factor", F64), ("gn_params", STR),
+        ("control_seed", I64), ("step", I64), ("n_seeds", I64),
         ("L", F64), ("ell", F64), ("ratio", F64), ("fraction_removed", F64),
+        ("ell_random", F64), ("ratio_random", F64),
     )),
-    ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "outlier_factor", "step"),
+    ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "outlier_factor", "gn_params", "step"),
 )
 
 # The paper's orderings claims checked per workload (pipeline/orderings.py).
@@ -141,8 +158,14 @@ ORDERINGS = TableSpec(
     "orderings",
     pa.schema(_fields(
         ("sweep", STR), ("workload", STR), ("claim", STR), ("trajectory", STR), ("lr", F64, True),
-        ("subject", STR), ("n_points", I64), ("measured", F64, True), ("fraction_holding", F64, True),
-        ("holds", BOOL, True), ("paper", BOOL, True), ("agrees", BOOL, True), ("detail", STR),
+        ("subject", STR), ("n_points", I64), ("n_undecided", I64),
+        ("measured", F64, True), ("measured_log10", F64, True),
+        ("control", F64, True),  # smoothness: median L / ell_random of the random-removal control
+        ("fraction_holding", F64, True), ("holds", BOOL, True),
+        # what the paper published for the same claim, probe, trajectory and workload
+        ("paper_value", F64, True), ("paper_log10", F64, True), ("paper_points", I64),
+        ("paper_fraction_holding", F64, True), ("paper", BOOL, True), ("paper_source", STR, True),
+        ("agrees", BOOL, True), ("verdict", STR), ("detail", STR),
     )),
     ("workload", "claim", "trajectory", "lr", "subject"),
 )

@@ -186,34 +186,52 @@ def table3_convergence(summary: Sequence[Row]) -> list[dict[str, object]]:
 def table1_sharpness_ratio(rows: Iterable[Row]) -> list[dict[str, object]]:
     """Paper Tables 1, 4-7: per trajectory, step and probe, each seed's ratio to SGD and their mean.
 
-    ratio_mean averages the seeds whose ratio is not null; n_seeds counts those seeds.
+    Two ratios: ours (``ratio_to_sgd``: each probe's robust-or-raw value over SGD's) and the
+    paper's (``ratio_to_sgd_paper``: raw over raw, Eq. 4 values only where SGD's raw value is
+    negative). ratio_mean / ratio_paper_mean average the seeds whose ratio is not null; n_seeds
+    counts those of ours. ``undecided``: the probe's or SGD's sharpness is negative even after the
+    robust step, so "flatter than SGD" cannot be read off the ratio; n_undecided counts such seeds.
     """
+    rows = list(rows)
+    sgd = {(r["trial_id"], r["step"]): float(r["sharpness"]) for r in rows if r["probe"] == "sgd"}
     out = []
     for group in group_rows(rows, TRAJECTORY_KEY + ("step", "probe")).values():
         ratios = [float(r["ratio_to_sgd"]) for r in group if r["ratio_to_sgd"] is not None]
-        ratio_mean = mean(ratios) if ratios else None
+        papers = [float(r["ratio_to_sgd_paper"]) for r in group if r.get("ratio_to_sgd_paper") is not None]
+        undecided = {id(r): _undecided(r, sgd.get((r["trial_id"], r["step"]))) for r in group}
         for r in group:
             out.append({
                 **{k: r[k] for k in TRAJECTORY_KEY + ("step", "probe", "seed", "ratio_to_sgd")},
                 "trajectory": optimizer_label(r["algorithm"], r["clip_fraction"], r["clip_target"]),
-                "ratio_mean": ratio_mean, "n_seeds": len(ratios),
+                "ratio_mean": mean(ratios) if ratios else None, "n_seeds": len(ratios),
+                "ratio_to_sgd_paper": r.get("ratio_to_sgd_paper"),
+                "ratio_paper_mean": mean(papers) if papers else None,
+                "undecided": undecided[id(r)], "n_undecided": sum(undecided.values()),
             })
     return out
+
+
+def _undecided(row: Row, sgd: float | None) -> bool:
+    # Negative after the robust step: the sign, not the size, decides such a ratio.
+    return float(row["sharpness"]) < 0 or (sgd is not None and sgd < 0)
 
 
 def table8_smoothness(rows: Iterable[Row]) -> list[dict[str, object]]:
     """Paper Table 8: per trajectory and measurement point, L, ell, L/ell and eps, mean over seeds.
 
-    ``ratio`` is the mean of each seed's L/ell (not the ratio of the means).
+    ``ratio`` is the mean of each seed's L/ell (not the ratio of the means), ``ratio_random``
+    likewise for the random-removal control; ``gn_params`` names the coordinates measured.
     """
     out = []
-    for group in group_rows(rows, TRAJECTORY_KEY + ("outlier_factor", "step")).values():
+    keys = TRAJECTORY_KEY + ("outlier_factor", "gn_params", "control_seed", "step")
+    columns = ("L", "ell", "ratio", "fraction_removed", "ell_random", "ratio_random")
+    for group in group_rows(rows, keys).values():
         first = group[0]
         out.append({
-            **{k: first[k] for k in TRAJECTORY_KEY + ("outlier_factor", "step")},
+            **{k: first[k] for k in keys},
             "trajectory": optimizer_label(first["algorithm"], first["clip_fraction"], first["clip_target"]),
             "n_seeds": len(group),
-            **{col: mean([float(r[col]) for r in group]) for col in ("L", "ell", "ratio", "fraction_removed")},
+            **{col: mean([float(r[col]) for r in group]) for col in columns},
         })
     return out
 

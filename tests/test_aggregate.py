@@ -74,6 +74,8 @@ def write_sharpness(sweep_dir, with_landscape=True):
                     "sharpness": s, "sharpness_raw": -s if probe == "adam_clip0.5" else s,
                     "robust": probe == "adam_clip0.5", "ratio_to_sgd": s / values[0],
                     "grad_correlation": 0.1, "update_norm": 1.0,
+                    "sharpness_shifted": s if probe == "adam_clip0.5" else None,
+                    "ratio_to_sgd_paper": (-s if probe == "adam_clip0.5" else s) / values[0],
                 })
                 land += [{"step": step, "probe": probe, "offset": o, "loss": 3.0 + o * s, "loss_change": o * s}
                          for o in (-1.0, 0.0, 1.0)]
@@ -96,7 +98,9 @@ def write_smoothness(sweep_dir):
     for seed, by_step in SMOOTH.items():
         t = trial("smoothness", "adam", 0.0, 0.001, seed, workload="classification")
         rows = [{"step": step, "L": L, "ell": ell, "ratio": L / ell, "fraction_removed": eps,
-                 "outlier_factor": 4.0, "n_samples": 16} for step, (L, ell, eps) in by_step.items()]
+                 "ell_random": 0.9 * L, "ratio_random": 1 / 0.9, "outlier_factor": 4.0, "n_samples": 16,
+                 "gn_params": "attention", "n_params": 1000, "control_seed": 0}
+                for step, (L, ell, eps) in by_step.items()]
         write(sweep_dir, t, {"smoothness": rows})
 
 
@@ -116,7 +120,7 @@ def table(sweep_dir, name):
 
 def test_writes_every_table(sweep):
     sweep_dir, written = sweep
-    expected = {"sharpness", "landscape", "histogram", "convergence", "convergence_summary", "curvature",
+    expected = {"sharpness", "landscape", "histogram", "topk_share", "convergence", "convergence_summary", "curvature",
                 "smoothness", "table1_sharpness_ratio", "table3_convergence", "table8_smoothness", "orderings",
                 "trials"}
     assert set(written) == expected
