@@ -14,6 +14,7 @@ Each claim is tested at every measurement point (mean over seeds); a row says at
 the points it held and whether that is a majority (`holds`), beside what the paper found
 (`paper`, null where the paper says nothing) and whether the two agree. Step 0 is left out when
 later points exist: there every probe has seen one gradient and Adam, Lion and signSGD coincide.
+Trials that diverged are left out (their points are not in the seed means), and each row says so.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping
 
-from pipeline.labels import ADAPTIVE_PROBES, parse_label
+from pipeline.labels import ADAPTIVE_PROBES, optimizer_label, parse_label
+from pipeline.schemas import DIVERGED
 from pipeline.tables import group_rows
 from pipeline.workloads import WORKLOADS
 
@@ -122,3 +124,29 @@ def smoothness_orderings(table8: Iterable[Row]) -> list[dict[str, object]]:
 def paper_orderings(table1: Iterable[Row], table8: Iterable[Row]) -> list[dict[str, object]]:
     """All three claims, per workload (rows of pipeline.schemas.ORDERINGS)."""
     return sharpness_orderings(table1) + smoothness_orderings(table8)
+
+
+def note_diverged(checks: list[dict[str, object]], trials: Iterable[Row]) -> list[dict[str, object]]:
+    """The checks with the diverged trials (rows of the `trials` table) that they leave out named in
+    `detail`; a trajectory whose every trial diverged gets one row that says it was left out."""
+    left_out: dict[tuple, list[str]] = {}
+    for t in trials:
+        if t.get("status") == DIVERGED and t["experiment"] in ("sharpness", "smoothness"):
+            key = (t["experiment"], t["sweep"], t["workload"],
+                   optimizer_label(t["algorithm"], t["clip_fraction"], t["clip_target"]), t["lr"])
+            left_out.setdefault(key, []).append(str(t["trial_id"]))
+    def key_of(row: Row) -> tuple:
+        experiment = "smoothness" if row["claim"] == "few_coordinates_carry_bad_smoothness" else "sharpness"
+        return (experiment, row["sweep"], row["workload"], row["trajectory"], row["lr"])
+
+    out = []
+    for row in checks:
+        ids = left_out.get(key_of(row))
+        out.append({**row, "detail": f"{row['detail']}; left out: {len(ids)} diverged trial(s) "
+                    f"({', '.join(sorted(ids))})"} if ids else row)
+    covered = {key_of(r) for r in checks}
+    for (experiment, *key), ids in sorted(left_out.items(), key=lambda kv: str(kv[0])):
+        if (experiment, *key) not in covered:
+            out.append(_row(tuple(key), "trajectory_diverged", f"every {experiment} seed", [], [], None,
+                            f"no check: every trial of this trajectory diverged ({', '.join(sorted(ids))})"))
+    return out

@@ -67,8 +67,8 @@ class RemoteSink:
     def log(self, trial_id: str, points: list[tuple[int, dict[str, float]]]) -> None:
         ray.get(self.actor.log.remote(trial_id, points))
 
-    def finish(self, trial: Trial, encoded: dict[str, bytes]) -> dict[str, Any]:
-        return ray.get(self.actor.finish.remote(trial, encoded))
+    def finish(self, trial: Trial, encoded: dict[str, bytes], status: str = "finished") -> dict[str, Any]:
+        return ray.get(self.actor.finish.remote(trial, encoded, status))
 
     def fail(self, trial_id: str, text: str) -> None:
         ray.get(self.actor.fail.remote(trial_id, text))
@@ -215,7 +215,7 @@ def run(plan: SweepPlan, *, log: Log = lambda line: None, verbose: bool = False)
             tags={"trials": str(len(plan.trials)), "sweep_dir": str(plan.layout.sweep_dir)},
         )
         outcome.sweep_run = sweep_run
-        plan.layout.write_plan([t.trial_id for t in config.trials])
+        plan.layout.write_plan([t.trial_id for t in config.trials], {t.trial_id: t.experiment for t in config.trials})
         plan.layout.ray_dir.mkdir(parents=True, exist_ok=True)
         status = "KILLED"  # unless the fit returns
         progress = Progress(config.name, {t.trial_id: t.steps for t in plan.trials}, done_earlier=len(plan.done))
