@@ -127,3 +127,37 @@ def accounting_lines(states: TrialStates, tables: Iterable[str]) -> list[str]:
         if ids:
             lines.append(f"{state}: {_listed(ids)}")
     return lines
+
+
+def accounting_rows(states: TrialStates, tables: Iterable[str]) -> list[list[object]]:
+    """The report's accounting table: per aggregate table, its trials in each state and what it does
+    with a diverged trial's rows."""
+    return [[f"`{name}`", counts["planned"], *(counts[s] for s in STATES), DIVERGED_ROWS.get(name, "-")]
+            for name, counts in states.per_table(tables).items()]
+
+
+def _seeds(n: object, diverged: object) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}" + (f" ({diverged} diverged)" if diverged else "")
+
+
+def table3_notes(rows: Iterable[Mapping[str, object]]) -> list[str]:
+    """One line per comparison of paper Table 3's layout whose two sides had different seeds, or a
+    diverged seed: the report prints them under the comparison."""
+    notes = []
+    for r in rows:
+        if r["clip_fraction"] is None or r["n_seeds"] is None:
+            continue
+        unequal = r["n_seeds"] != r["clip_n_seeds"]
+        if unequal or r["n_diverged"] or r["clip_n_diverged"]:
+            what = "seeds differ" if unequal else "diverged seeds"
+            notes.append(f"{what}: {r['algorithm']} unclipped {_seeds(r['n_seeds'], r['n_diverged'])} vs "
+                         f"clipped ({r['clip_fraction']:g}, {r['clip_target']}) "
+                         f"{_seeds(r['clip_n_seeds'], r['clip_n_diverged'])}")
+    return notes
+
+
+def seed_counts_note(counts: Mapping[str, object]) -> str | None:
+    """"seeds differ: a 2, b 1" where the compared columns (label -> seeds) do not have the same seeds."""
+    if len(set(counts.values())) <= 1:
+        return None
+    return "seeds differ between the compared columns: " + ", ".join(f"{k} {v}" for k, v in counts.items())

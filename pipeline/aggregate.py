@@ -75,8 +75,8 @@ def aggregate(layout: ResultsLayout, *, final_window: int = tables.FINAL_WINDOW)
         raise ValueError(f"RESULTS_DIR: {layout.sweep_dir} is not a directory")
     records = read_trial_records(layout, trial_states(layout).done)
     if not records:
-        raise ValueError(f"RESULTS_DIR: no records of a finished trial (one with its done mark, "
-                         f"{DONE_MARK}) under {layout.trials_dir}/*/records/")
+        raise ValueError(f"RESULTS_DIR: no trial records with a done mark ({DONE_MARK}: a finished trial) "
+                         f"under {layout.trials_dir}/*/records/")
     built = build_tables(records, final_window=final_window)
     for name, data in built.items():
         write_table(OUTPUT_TABLES[name], data, layout.table_path(name))

@@ -68,9 +68,9 @@ def _final(run: Sequence[Row], window: int) -> float | None:
 
 
 def _final_test(run: Sequence[Row]) -> float | None:
-    """The test loss at the run's last logged step, if it was evaluated there (and that is not step 0)."""
-    last = run[-1]
-    return None if last["test_loss"] is None or int(last["step"]) == 0 else float(last["test_loss"])
+    """The run's last evaluated test loss after step 0 (None when it was evaluated only at step 0)."""
+    return next((float(r["test_loss"]) for r in reversed(run) if r["test_loss"] is not None and int(r["step"]) > 0),
+                None)
 
 
 def _mean_curve(runs: Sequence[Sequence[Row]]) -> list[tuple[int, float]]:
