@@ -10,6 +10,9 @@ Divergence: the training loss at point s is the loss at the weights of point s, 
 before the hook sees that point. A non-finite loss or gradient, or a loss above
 `trial.divergence_factor` x the step-0 loss, ends the trial there with status `diverged`: the
 hook measures nothing at that point or after (only `on_diverged`, if it has one, gets the loss).
+A hook whose measurement meets non-finite values where the training loss was still finite (a
+Hessian-vector product that overflows on blown-up weights) raises `Diverged`: the trial ends
+there the same way, with none of that point's measurements.
 At the last point, where no gradient may be needed, the loss is still taken (without a
 gradient) so that a trial never measures weights that blew up in its last update.
 """
@@ -47,6 +50,10 @@ class Hook(Protocol):
 
 
 FINISHED, DIVERGED = "finished", "diverged"
+
+
+class Diverged(Exception):
+    """A hook's measurement found the weights diverged (non-finite values); the loop ends the trial."""
 
 
 def diverged(loss: float, initial: float | None, factor: float | None) -> bool:
@@ -87,19 +94,17 @@ def train(trial: Trial, workload: Workload, hook: Hook, report: Reporter) -> Rec
                 check = float(workload.loss(next(batches)))
         initial = check if initial is None else initial
         if diverged(check, initial, trial.divergence_factor):
-            on_diverged = getattr(hook, "on_diverged", None)
-            if on_diverged is not None:
-                on_diverged(step, check)
-            emit(report, step, {"train_loss": check, "diverged": 1.0})
-            model.eval()
-            return {**hook.records(), **_outcome(step, check)}
+            return _stop(hook, report, model, step, check)
         if train_loss is not None:
             metrics["train_loss"] = train_loss
             hook.on_gradient(step, dict(zip(params, grads)))
         measuring = step in getattr(hook, "schedule", ())  # the hook's measurement points, if it has any
         if measuring:
             set_phase(report, "measuring", step)
-        metrics.update(hook.at_step(step, train_loss))
+        try:
+            metrics.update(hook.at_step(step, train_loss))
+        except Diverged:
+            return _stop(hook, report, model, step, check)
         if measuring and not last:
             set_phase(report, "training", step)
         if metrics:
@@ -112,6 +117,16 @@ def train(trial: Trial, workload: Workload, hook: Hook, report: Reporter) -> Rec
         optimizer.zero_grad(set_to_none=True)
     model.eval()
     return {**hook.records(), **_outcome(None, None)}
+
+
+def _stop(hook: Hook, report: Reporter, model: torch.nn.Module, step: int, loss: float) -> Records:
+    """End the trial as diverged at this point: the hook's records so far and the outcome."""
+    on_diverged = getattr(hook, "on_diverged", None)
+    if on_diverged is not None:
+        on_diverged(step, loss)
+    emit(report, step, {"train_loss": loss, "diverged": 1.0})
+    model.eval()
+    return {**hook.records(), **_outcome(step, loss)}
 
 
 def run_with(trial: Trial, report: Reporter, make_hook) -> Records:
