@@ -61,6 +61,11 @@ class TrialStates:
     def per_table(self, names: Iterable[str]) -> dict[str, dict[str, int]]:
         return {name: self.counts(TABLE_EXPERIMENTS.get(name, EXPERIMENTS)) for name in names}
 
+    def unbuilt(self, built: Iterable[str]) -> list[str]:
+        """The record tables of planned experiments that have no table (none of their trials has records)."""
+        planned = set(self.experiment.values())
+        return [t for e, tables in EXPERIMENT_TABLES.items() if e in planned for t in tables if t not in set(built)]
+
 
 def _experiment_of(trial_id: str, layout: ResultsLayout, plan: Mapping[str, str]) -> str:
     if trial_id in plan:
@@ -120,8 +125,11 @@ def accounting_lines(states: TrialStates, tables: Iterable[str]) -> list[str]:
     """What `python -m pipeline aggregate` prints: the whole sweep, each table, the trials not counted."""
     lines = [f"trials: {summary_line(states.counts())}; tables are built from the finished and diverged "
              "trials' records only"]
+    tables = list(tables)
     for name, counts in states.per_table(sorted(tables)).items():
         lines.append(f"  {name}: {summary_line(counts)}")
+    for name, counts in states.per_table(states.unbuilt(tables)).items():
+        lines.append(f"  {name}: {summary_line(counts)} (not built: no records)")
     for state in (DIVERGED, FAILED, MISSING):
         ids = states.ids(state)
         if ids:
@@ -132,8 +140,11 @@ def accounting_lines(states: TrialStates, tables: Iterable[str]) -> list[str]:
 def accounting_rows(states: TrialStates, tables: Iterable[str]) -> list[list[object]]:
     """The report's accounting table: per aggregate table, its trials in each state and what it does
     with a diverged trial's rows."""
-    return [[f"`{name}`", counts["planned"], *(counts[s] for s in STATES), DIVERGED_ROWS.get(name, "-")]
-            for name, counts in states.per_table(tables).items()]
+    tables = list(tables)
+    built = [[f"`{name}`", counts["planned"], *(counts[s] for s in STATES), DIVERGED_ROWS.get(name, "-")]
+             for name, counts in states.per_table(tables).items()]
+    return built + [[f"`{name}` (not built: no records)", counts["planned"], *(counts[s] for s in STATES), "-"]
+                    for name, counts in states.per_table(states.unbuilt(tables)).items()]
 
 
 def _seeds(n: object, diverged: object) -> str:
