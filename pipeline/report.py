@@ -187,9 +187,9 @@ def _convergence_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
             if r["clip_fraction"] is not None:
                 clip = optimizer_label(r["algorithm"], r["clip_fraction"], r["clip_target"])
             body.append([
-                r["algorithm"], _lr_cell(r["lr"], r["final_loss_mean"]),
+                r["algorithm"], _lr_cell(r["lr"], r["n_seeds"]),
                 _pm(r["final_loss_mean"], r["final_loss_std"], r["n_seeds"] and r["n_diverged"] == r["n_seeds"]),
-                clip, _lr_cell(r["clip_lr"], r["clip_final_loss_mean"]),
+                clip, _lr_cell(r["clip_lr"], r["clip_n_seeds"]),
                 _pm(r["clip_final_loss_mean"], r["clip_final_loss_std"],
                     r["clip_n_seeds"] and r["clip_n_diverged"] == r["clip_n_seeds"]), r["steps_to_target"],
                 r["clip_steps_to_target"], r["speedup"], r["loss_ratio"],
@@ -201,8 +201,9 @@ def _convergence_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
     return out
 
 
-def _lr_cell(lr: float | None, loss: float | None) -> str | None:
-    return None if loss is None else fig.lr_text(lr)
+def _lr_cell(lr: float | None, n_seeds: int | None) -> str | None:
+    # No runs on that side (n_seeds null): "-", not the text of a null lr (Adafactor's relative step).
+    return None if n_seeds is None else fig.lr_text(lr)
 
 
 def _pm(m: float | None, s: float | None, diverged: object = False) -> str | None:
