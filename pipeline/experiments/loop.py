@@ -26,6 +26,7 @@ from typing import Protocol
 import torch
 
 from pipeline.config import Trial
+from pipeline.schemas import DIVERGED, FINISHED
 from pipeline.experiments.common import (
     Records, Reporter, emit, named_trainable, set_phase, resolve_device, seed_everything, training_optimizer,
 )
@@ -47,9 +48,6 @@ class Hook(Protocol):
         """The rows the experiment collected, by table."""
 
     # Optional: `on_diverged(step, train_loss)`, the diverging point's loss (nothing is measured there).
-
-
-FINISHED, DIVERGED = "finished", "diverged"
 
 
 class Diverged(Exception):
