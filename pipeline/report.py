@@ -222,24 +222,28 @@ def _smoothness_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
            "norm after removing the coordinates whose row norm is at least `factor` x the mean row norm, "
            "and eps the fraction of coordinates removed. A large L/ell with a tiny eps means a few "
            "coordinates carry the bad smoothness (the paper's argument for coordinate-wise clipping). "
-           "Means over seeds; L/ell is the mean of each seed's ratio.", ""]
-    header = ["trajectory", "lr", "factor", "step", "seeds", "L", "ell", "L/ell", "eps"]
+           "Means over seeds; L/ell is the mean of each seed's ratio. Seeds whose trial diverged are left "
+           "out (`diverged`).", ""]
+    header = ["trajectory", "lr", "factor", "step", "seeds", "diverged", "L", "ell", "L/ell", "eps"]
     for (workload,), group in sorted(group_rows(rows, ("workload",)).items()):
         body = [[r["trajectory"], fig.lr_text(r["lr"]), r["outlier_factor"], r["step"], r["n_seeds"],
-                 r["L"], r["ell"], r["ratio"], r["fraction_removed"]]
+                 r["n_diverged"], r["L"], r["ell"], r["ratio"], r["fraction_removed"]]
                 for r in sorted(group, key=_smoothness_order)]
         out += [f"### {workload}", "", markdown_table(header, body), ""]
         out += _image(fig.figure_stem("smoothness", workload), figures)
     return out
 
 
-def _curvature_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
+def _curvature_section(every: Rows, figures: Mapping[str, Path]) -> list[str]:
+    rows = [r for r in every if r["status"] != DIVERGED]
+    left_out = sorted({r["trial_id"] for r in every if r["status"] == DIVERGED})
     out = ["## Curvature beside directional sharpness (beyond the paper, Sec. 4.2 conjecture)", "",
            "lambda_max is the top Hessian eigenvalue (Lanczos) on the test batch; rank corr is the "
            "Spearman correlation between |g_i| and the Hutchinson estimate of |H_ii| over all "
            "coordinates and over the top-k fraction by |g|. The probe columns give each probe's raw "
            "directional sharpness divided by lambda_max (at most 1: sharpness along one direction "
-           "cannot exceed the top eigenvalue). Means over seeds.", ""]
+           "cannot exceed the top eigenvalue). Means over seeds"
+           + (f"; left out: {len(left_out)} diverged trial(s) ({', '.join(left_out)})." if left_out else "."), ""]
     for key, group in _trajectories(rows):
         probes = sorted({r["probe"] for r in group if r["probe"] is not None})
         body = []

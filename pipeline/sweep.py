@@ -126,8 +126,9 @@ class _Progress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if self.progress is not None:
-            seconds = (trial.last_result or {}).get("trial_seconds")
-            self.progress.ended(trial.config["trial_id"], failed=False, seconds=seconds)
+            result = trial.last_result or {}
+            self.progress.ended(trial.config["trial_id"], failed=False, seconds=result.get("trial_seconds"),
+                                diverged=bool(result.get("diverged")))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if self.progress is not None:

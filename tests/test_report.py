@@ -120,7 +120,7 @@ def test_report_shows_the_numbers(full):
     # Table 3: finals 20-1*{3..7} mean 15 (+seed) -> 15, 16 (mean 15.5); clipped 10, 11 (10.5)
     assert "| sgd | 0.1 | 15.5 +- 0.7071 | sgd_clip0.1 | 0.1 | 10.5 +- 0.7071 |" in text
     # Table 8 row and curvature ratio sgd: 8 / 16
-    assert "| adam | 0.001 | 2 | 0 | 1 | 9 | 3 | 3 | 0.01 |" in text
+    assert "| adam | 0.001 | 2 | 0 | 1 | 0 | 9 | 3 | 3 | 0.01 |" in text
     assert "| 0 | 16 | 2/2 | 0.25 | 0.5 | 0.075 | 0.5 |" in text
     assert ("Trials 7 planned: 7 finished, 0 diverged, 0 failed, 0 missing "
             "(by experiment, with records: convergence: 4, sharpness: 2, smoothness: 1)") in text

@@ -33,6 +33,7 @@ def test_a_sweep_with_a_diverging_block_completes(ray_session, tmp_path, capsys)
     assert code == 0, out
     assert re.search(r"sweep diverge: 1 finished, 1 diverged, 0 failed, 0 done earlier, \d+ s", out), out
     assert "trials: 2 planned: 1 finished, 1 diverged, 0 failed, 0 missing" in out
+    assert re.search(rf"^\[ended [12]/2\] diverged {BAD} ", out, re.MULTILINE), out  # the progress line too
     sweep_dir = results / "diverge"
     rows = {r["trial_id"]: r for r in pq.read_table(sweep_dir / "tables" / "trials.parquet").to_pylist()}
     assert (rows[BAD]["status"], rows[BAD]["diverged_step"]) == ("diverged", 1)
