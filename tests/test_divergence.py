@@ -77,7 +77,7 @@ def test_no_sharpness_point_at_or_after_the_divergence(swept):
 def test_the_mlflow_run_is_tagged_diverged(swept):
     client = MlflowClient(swept.plan.tracker.uri)
     experiment = client.get_experiment_by_name("diverge")
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id], "tags.trial_id != ''")}
+    runs = {r.data.tags["trial_id"]: r for r in client.search_runs([experiment.experiment_id], "tags.trial_id != ''")}
     for (_, lr), trial_id in swept.ids.items():
         run = runs[trial_id]
         assert run.info.status == "FINISHED"  # it ran to its end; what happened is the tag

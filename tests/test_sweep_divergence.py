@@ -45,7 +45,7 @@ def test_a_sweep_with_a_diverging_block_completes(ray_session, tmp_path, capsys)
     assert summary["sgd"]["status"] == "finished" and summary["sgd"]["final_loss_mean"] is not None
     client = MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("diverge").experiment_id], "tags.trial_id != ''")
-    assert {r.info.run_name: (r.info.status, r.data.tags.get("status")) for r in runs} == {
+    assert {r.data.tags["trial_id"]: (r.info.status, r.data.tags.get("status")) for r in runs} == {
         GOOD: ("FINISHED", "finished"), BAD: ("FINISHED", "diverged")}
     report = (sweep_dir / "report.md").read_text()
     assert f"| {BAD} | 1 |" in report and "| adam | 1000 | diverged |" in report
