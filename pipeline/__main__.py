@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 USAGE = """usage: python -m pipeline COMMAND ...
   sweep CONFIG [key.path=value ...] [--verbose]
@@ -60,14 +61,17 @@ def sweep_command(args: Sequence[str]) -> int:
         return _error(str(err))
     for trial_id, line in outcome.failed.items():
         print(f"FAILED {trial_id}: {line}", file=sys.stderr)
-    _say(f"sweep {config.name}: {len(outcome.finished)} finished, {len(outcome.failed)} failed, "
-         f"{len(plan.done)} done earlier, {outcome.seconds:.0f} s")
+    # A diverged trial ran to its end (records, done mark): it is not a failure, it is counted apart.
+    diverged = [t for t in outcome.finished if (outcome.results.get(t) or {}).get("diverged")]
+    _say(f"sweep {config.name}: {len(outcome.finished) - len(diverged)} finished, {len(diverged)} diverged, "
+         f"{len(outcome.failed)} failed, {len(plan.done)} done earlier, {outcome.seconds:.0f} s")
     try:
         outputs = _aggregate_and_report(layout)
     except ValueError as err:
         print(f"aggregate: {err}", file=sys.stderr)
         return 1
-    _say(outputs["coverage"])
+    for line in outputs["accounting"]:
+        _say(line)
     _say(f"tables:  {layout.tables_dir}/ ({outputs['tables']} files)")
     _say(f"figures: {layout.figures_dir}/ ({outputs['figures']} files)")
     _say(f"report:  {layout.report_path}")
@@ -87,8 +91,9 @@ def _error_line(err: BaseException) -> str:
     return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
-def _aggregate_and_report(layout) -> dict[str, int]:
+def _aggregate_and_report(layout) -> dict[str, Any]:
     """The aggregate stage, then the report from its tables; ValueError when there are no records."""
+    from pipeline.accounting import accounting_lines, trial_states
     from pipeline.aggregate import aggregate, coverage
     from pipeline.report import write_report  # matplotlib is only needed here
 
@@ -100,7 +105,7 @@ def _aggregate_and_report(layout) -> dict[str, int]:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         line += f"; missing: {shown}"
     return {"tables": len(tables), "figures": sum(name.startswith("figure:") for name in written),
-            "coverage": line}
+            "accounting": [line, *accounting_lines(trial_states(layout), tables)]}
 
 
 PLAN_USAGE = "usage: python -m pipeline plan CONFIG [key.path=value ...]"
@@ -144,7 +149,8 @@ def aggregate_command(args: Sequence[str]) -> int:
     except (ValueError, OSError) as err:
         return _error(str(err))
     _say(f"{layout.sweep_dir}: {outputs['tables']} tables, {outputs['figures']} figures, report {layout.report_path}")
-    _say(outputs["coverage"])
+    for line in outputs["accounting"]:
+        _say(line)
     return 0
 
 

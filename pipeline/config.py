@@ -37,6 +37,10 @@ LrAxis = Annotated[list[PosFloat | None], BeforeValidator(_as_list)]
 FractionAxis = Annotated[list[Fraction], BeforeValidator(_as_list)]
 TargetAxis = Annotated[list[ClipTarget], BeforeValidator(_as_list)]
 SeedAxis = Annotated[list[NonNegInt], BeforeValidator(_as_list)]
+# A training loss above this multiple of the step-0 loss ends a trial as diverged (a non-finite
+# loss always does): 10x the loss of the untrained model is far past any minibatch noise.
+DIVERGENCE_FACTOR = 10.0
+Factor = Annotated[StrictFloat | StrictInt, Field(gt=1)]
 
 
 class _Strict(BaseModel):
@@ -112,6 +116,7 @@ class ExperimentBlock(_Strict):
     seeds: SeedAxis = [0]
     measure: Measure = Measure()
     eval_every: PosInt | None = None
+    divergence_factor: Factor | None = DIVERGENCE_FACTOR  # None: only a non-finite loss diverges
     algorithms: dict[str, AlgorithmGrid]
 
 
@@ -133,6 +138,7 @@ class Trial(_Strict):
     device: str = "auto"
     measure: Measure = Measure()
     eval_every: int | None = None  # convergence: test-batch loss every N steps
+    divergence_factor: float | None = DIVERGENCE_FACTOR  # see pipeline.experiments.loop
 
     @property
     def trajectory(self) -> str:
@@ -347,6 +353,7 @@ def block_trials(config: SweepConfig, block: ExperimentBlock) -> list[Trial]:
             experiment=block.experiment, label=block.label, workload=workload, algorithm=algorithm,
             clip_fraction=float(fraction), clip_target=target, lr=lr, hparams=dict(grid.hparams), seed=seed,
             steps=block.steps, device=config.device, measure=block.measure, eval_every=block.eval_every,
+            divergence_factor=None if block.divergence_factor is None else float(block.divergence_factor),
         )
         for algorithm, grid in block.algorithms.items()
         for lr, fraction, target in _points(grid)

@@ -133,6 +133,8 @@ def sharpness_ratio(rows: Rows) -> dict[tuple, Figure]:
             if points:
                 ax.plot(*zip(*points), marker="o", label=probe, color=colors[probe])
                 values += [v for _, v in points]
+        if not values:  # every seed of this trajectory diverged: nothing to draw
+            continue
         if _positive(values):
             ax.set_yscale("log")
         ax.set(xlabel="step", ylabel="sharpness / SGD sharpness", title=_title(key))

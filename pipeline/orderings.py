@@ -20,7 +20,8 @@ and at every epoch the paper published. A point where either sharpness is negati
 robust step) is undecided: counted and shown, never "held". A side (ours or the paper's) holds
 where the claim held at a majority of its decided points; an even split or no decided point is
 undecided. The verdict says whether the paper's finding held in our measurement: held / did not
-hold / undecided / the paper has no value.
+hold / undecided / the paper has no value. Trials that diverged are left out (their points are
+not in the seed means), and each row says so.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
-from pipeline.labels import ADAPTIVE_PROBES, parse_label
+from pipeline.labels import ADAPTIVE_PROBES, optimizer_label, parse_label
 from pipeline.paper_values import PaperValue, load_paper_values, sharpness_ratios, smoothness_rows
+from pipeline.schemas import DIVERGED
 from pipeline.tables import group_rows
 
 Row = Mapping[str, object]
@@ -239,3 +241,29 @@ def paper_orderings(table1: Iterable[Row], table8: Iterable[Row],
     """All three claims, per workload (rows of pipeline.schemas.ORDERINGS)."""
     published = load_paper_values() if published is None else published
     return sharpness_orderings(table1, published) + smoothness_orderings(table8, published)
+
+
+def note_diverged(checks: list[dict[str, object]], trials: Iterable[Row]) -> list[dict[str, object]]:
+    """The checks with the diverged trials (rows of the `trials` table) that they leave out named in
+    `detail`; a trajectory whose every trial diverged gets one row that says it was left out."""
+    left_out: dict[tuple, list[str]] = {}
+    for t in trials:
+        if t.get("status") == DIVERGED and t["experiment"] in ("sharpness", "smoothness"):
+            key = (t["experiment"], t["sweep"], t["workload"],
+                   optimizer_label(t["algorithm"], t["clip_fraction"], t["clip_target"]), t["lr"])
+            left_out.setdefault(key, []).append(str(t["trial_id"]))
+    def key_of(row: Row) -> tuple:
+        experiment = "smoothness" if row["claim"] == "few_coordinates_carry_bad_smoothness" else "sharpness"
+        return (experiment, row["sweep"], row["workload"], row["trajectory"], row["lr"])
+
+    out = []
+    for row in checks:
+        ids = left_out.get(key_of(row))
+        out.append({**row, "detail": f"{row['detail']}; left out: {len(ids)} diverged trial(s) "
+                    f"({', '.join(sorted(ids))})"} if ids else row)
+    covered = {key_of(r) for r in checks}
+    for (experiment, *key), ids in sorted(left_out.items(), key=lambda kv: str(kv[0])):
+        if (experiment, *key) not in covered:
+            out.append(_row(tuple(key), "trajectory_diverged", f"every {experiment} seed", [], [], None, None,
+                            f"no check: every trial of this trajectory diverged ({', '.join(sorted(ids))})"))
+    return out

@@ -105,13 +105,15 @@ class Progress:
             if not self.live:
                 self._plain_trial(trial_id, state)
 
-    def ended(self, trial_id: str, *, failed: bool, seconds: float | None = None) -> None:
+    def ended(self, trial_id: str, *, failed: bool, seconds: float | None = None, diverged: bool = False) -> None:
+        """A trial ended: failed, or done (finished, or diverged: it stopped early and says so)."""
         with self._lock:
             state = self.trials[trial_id]
             state.status = "failed" if failed else "done"
             state.seconds = seconds if seconds is not None and math.isfinite(seconds) else self.now() - state.started
             ended = self._count("done") + self._count("failed")
-            what = f"FAILED   {trial_id}" if failed else f"finished {trial_id} ({state.seconds:.0f} s)"
+            word = "diverged" if diverged else "finished"
+            what = f"FAILED   {trial_id}" if failed else f"{word} {trial_id} ({state.seconds:.0f} s)"
             self._event(f"[ended {ended}/{len(self.trials)}] {what}")
             if not self.live:
                 self._write([self.sweep_line()])

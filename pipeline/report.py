@@ -10,11 +10,15 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline import figures as fig
+from pipeline.accounting import (
+    STATES, TrialStates, accounting_rows, seed_counts_note, summary_line, table3_notes, trial_states,
+)
 from pipeline.atomic import atomic_write_bytes
 from pipeline.labels import optimizer_label, probe_sort_key
 from pipeline.layout import ResultsLayout
 from pipeline.orderings import CONTROL_MARGIN, PAPER_MAX_FRACTION, PAPER_MIN_RATIO, VERDICTS, median_ratios
 from pipeline.paper_values import load_paper_values, sharpness_ratios, smoothness_rows
+from pipeline.schemas import DIVERGED
 from pipeline.tables import FINAL_WINDOW, group_rows, mean
 
 Rows = list[dict[str, object]]
@@ -42,7 +46,8 @@ TABLE_NOTES = {
     "mean over seeds",
     "orderings": "the paper's claims checked per workload, trajectory and probe: ours and the paper's published "
     "values side by side, with the verdict",
-    "trials": "one row per finished trial: the node that ran it (Ray's node address) and its wall time",
+    "trials": "one row per completed trial: the node that ran it (Ray's node address), its wall time, its status "
+    "(finished or diverged) and where it diverged",
 }
 
 _CLAIMS = {
@@ -83,7 +88,24 @@ def _image(stem: str, figures: Mapping[str, Path]) -> list[str]:
     return [f"![{stem}](figures/{stem}.png)", ""] if stem in figures else []
 
 
-def _orderings_section(rows: Rows) -> list[str]:
+def _accounting_section(states: TrialStates, tables: Mapping[str, pa.Table], diverged: Rows) -> list[str]:
+    out = ["## Trials: planned, finished, diverged, failed, missing", "",
+           "Per table, the planned trials of the experiments that feed it. Tables are built from the records of "
+           "trials with a done mark only (finished or diverged); a failed trial's partial records and a missing "
+           "trial count nowhere. A diverged trial (non-finite loss, or a loss above `divergence_factor` x its "
+           "step-0 loss) stopped there: nothing was measured on its diverged weights.", "",
+           markdown_table(["table", "planned", *STATES, "diverged trials' rows"], accounting_rows(states, tables)), ""]
+    if diverged:
+        out += [markdown_table(["diverged trial", "at step", "loss"],
+                               [[r["trial_id"], r["diverged_step"], r["diverged_loss"]] for r in diverged]), ""]
+    for state in ("failed", "missing"):
+        ids = states.ids(state)
+        if ids:
+            out += [f"{state.capitalize()}: {', '.join(ids)}.", ""]
+    return out
+
+
+def _orderings_section(rows: Rows, diverged: Rows) -> list[str]:
     out = ["## The paper's claims, per workload", "",
            "Each row tests one of the paper's claims for one probe along one training trajectory, at every "
            "measurement point (seed means; step 0 left out when later points exist) and, for the paper, at every "
@@ -98,6 +120,10 @@ def _orderings_section(rows: Rows) -> list[str]:
            f"removing as many random coordinates by {CONTROL_MARGIN:g}x (`control`: median L/ell_random). "
            "At laptop scale these are small models trained for a few hundred steps: read disagreements as "
            "findings at this scale, not as failures of the tool (`tables/orderings.parquet`).", ""]
+    left_out = sorted(r["trial_id"] for r in diverged if r["experiment"] in ("sharpness", "smoothness"))
+    if left_out:
+        out += [f"Left out of these checks: {len(left_out)} diverged trial(s) ({', '.join(left_out)}); "
+                "`detail` in the table names them per row.", ""]
     header = ["claim", "trajectory", "lr", "subject", "points", "undecided", "ours", "log10 ours", "control",
               "paper", "log10 paper", "source", "held at", "paper held at", "verdict"]
     for (workload,), group in sorted(group_rows(rows, ("workload",)).items()):
@@ -127,6 +153,8 @@ def _glance_section(rows: Rows) -> list[str]:
         columns = sorted({(r["workload"], r["lr"]) for r in group}, key=lambda c: (c[0], c[1] is None, c[1] or 0.0))
         several = {w for w, _ in columns if sum(1 for c in columns if c[0] == w) > 1}
         header = ["probe"] + [f"{w} lr {fig.lr_text(lr)}" if w in several else w for w, lr in columns]
+        seeds = {name: len({r["seed"] for r in group if (r["workload"], r["lr"]) == c and r["status"] != DIVERGED})
+                 for name, c in zip(header[1:], columns)}
         papers = {w: sharpness_ratios(published, w, trajectory) for w in sorted({w for w, _ in columns})}
         header += [f"paper {w} ({source})" if source else f"paper {w}" for w, (source, _) in papers.items()]
         probes = sorted({r["probe"] for r in group}, key=probe_sort_key)
@@ -135,6 +163,8 @@ def _glance_section(rows: Rows) -> list[str]:
                  *[_published_median(series.get(p)) for _, series in papers.values()]] for p in probes]
         lrs = ", ".join(f"{w} {fig.lr_text(lr)}" for w, lr in columns)
         out += [f"### trajectory {trajectory} (lr: {lrs})", "", markdown_table(header, body), ""]
+        note = seed_counts_note(seeds)
+        out += [f"Note: {note}.", ""] if note else []
     return out
 
 
@@ -179,12 +209,14 @@ def _sharpness_section(rows: Rows, figures: Mapping[str, Path], sharpness: Rows)
     out += _negative_robust(sharpness)
     for key, group in _trajectories(rows):
         seeds = sorted({r["seed"] for r in group})
+        gone = {r["seed"] for r in group if r["status"] == DIVERGED}
         cells = {(r["step"], r["probe"], r["seed"]): r["ratio_to_sgd"] for r in group}
         means = {(r["step"], r["probe"]): (r["ratio_mean"], r.get("ratio_paper_mean"), r.get("n_undecided"))
                  for r in group}
         body = [[step, probe, *[cells.get((step, probe, s)) for s in seeds], *means[(step, probe)]]
                 for step, probe in sorted(means)]
-        header = ["step", "probe", *[f"seed {s}" for s in seeds], "mean", "paper ratio", "undecided"]
+        columns = [f"seed {s}" + (" (diverged)" if s in gone else "") for s in seeds]
+        header = ["step", "probe", *columns, "mean", "paper ratio", "undecided"]
         out += [_heading(key), "", markdown_table(header, body), ""]
         for kind in ("sharpness_ratio", "landscape", "histogram"):
             out += _image(fig.figure_stem(kind, *key), figures)
@@ -194,12 +226,14 @@ def _sharpness_section(rows: Rows, figures: Mapping[str, Path], sharpness: Rows)
 def _convergence_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
     out = ["## Convergence and the speed-up from clipping (paper Table 3, Fig. 6)", "",
            f"For each algorithm the best learning rate is the one with the lowest mean over seeds of the "
-           f"final train loss (mean of the last {FINAL_WINDOW} logged steps). Final loss is mean +- std "
+           f"final train loss (mean of the last {FINAL_WINDOW} logged steps after step 0). Final loss is mean +- std "
            "(ddof 1) over seeds at that lr. Steps to target: the first step at which the seed-mean loss "
            "curve (smoothed over the same window) reaches the unclipped run's final loss; speed-up = "
            "unclipped steps / clipped steps (> 1: clipping is faster), loss ratio = clipped / unclipped "
            "final loss (< 1: clipping ends lower). `-` where a run is missing or never reached the "
-           "target. The figure shows the loss curves at the best lr with a +-1 std band over seeds.", ""]
+           "target; `diverged` where every seed at every lr diverged (a diverged run has no final loss, and "
+           "learning rates where a seed diverged are chosen only when every lr had one). "
+           "The figure shows the loss curves at the best lr with a +-1 std band over seeds.", ""]
     header = ["algorithm", "lr", "final loss", "clip", "clip lr", "clip final loss",
               "steps", "clip steps", "speed-up", "loss ratio"]
     for (workload,), group in sorted(group_rows(rows, ("workload",)).items()):
@@ -209,22 +243,29 @@ def _convergence_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
             if r["clip_fraction"] is not None:
                 clip = optimizer_label(r["algorithm"], r["clip_fraction"], r["clip_target"])
             body.append([
-                r["algorithm"], _lr_cell(r["lr"], r["final_loss_mean"]), _pm(r["final_loss_mean"], r["final_loss_std"]),
-                clip, _lr_cell(r["clip_lr"], r["clip_final_loss_mean"]),
-                _pm(r["clip_final_loss_mean"], r["clip_final_loss_std"]), r["steps_to_target"],
+                r["algorithm"], _lr_cell(r["lr"], r["n_seeds"]),
+                _pm(r["final_loss_mean"], r["final_loss_std"], r["n_seeds"] and r["n_diverged"] == r["n_seeds"]),
+                clip, _lr_cell(r["clip_lr"], r["clip_n_seeds"]),
+                _pm(r["clip_final_loss_mean"], r["clip_final_loss_std"],
+                    r["clip_n_seeds"] and r["clip_n_diverged"] == r["clip_n_seeds"]), r["steps_to_target"],
                 r["clip_steps_to_target"], r["speedup"], r["loss_ratio"],
             ])
         out += [f"### {workload}", "", markdown_table(header, body), ""]
+        out += [f"Note: {note}." for note in table3_notes(group)]
+        out += [""] if table3_notes(group) else []
         out += _image(fig.figure_stem("loss", workload), figures)
     return out
 
 
-def _lr_cell(lr: float | None, loss: float | None) -> str | None:
-    return None if loss is None else fig.lr_text(lr)
+def _lr_cell(lr: float | None, n_seeds: int | None) -> str | None:
+    # No runs on that side (n_seeds null): "-", not the text of a null lr (Adafactor's relative step).
+    return None if n_seeds is None else fig.lr_text(lr)
 
 
-def _pm(m: float | None, s: float | None) -> str | None:
-    return None if m is None else (fmt(m) if s is None else f"{fmt(m)} +- {fmt(s)}")
+def _pm(m: float | None, s: float | None, diverged: object = False) -> str | None:
+    if m is None:
+        return "diverged" if diverged else None
+    return fmt(m) if s is None else f"{fmt(m)} +- {fmt(s)}"
 
 
 def _smoothness_order(r: dict[str, object]) -> tuple:
@@ -243,13 +284,13 @@ def _smoothness_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
            "divided by the number of samples n (the mean GN Hessian); the authors' code does not divide, so "
            "their L and ell are n times ours (L/ell and eps are the same). Means over seeds; L/ell is the "
            "mean of each seed's ratio. The paper's Table 8 (pretrained BERT on IMDB, epochs) follows each "
-           "workload's table where it applies.", ""]
-    header = ["trajectory", "lr", "params", "factor", "seed", "step", "seeds", "L", "ell", "L/ell", "eps",
+           "workload's table where it applies. Seeds whose trial diverged are left out (`diverged`).", ""]
+    header = ["trajectory", "lr", "params", "factor", "seed", "step", "seeds", "diverged", "L", "ell", "L/ell", "eps",
               "L/ell random"]
     published = load_paper_values()
     for (workload,), group in sorted(group_rows(rows, ("workload",)).items()):
         body = [[r["trajectory"], fig.lr_text(r["lr"]), r.get("gn_params"), r["outlier_factor"],
-                 r.get("control_seed"), r["step"], r["n_seeds"], r["L"], r["ell"], r["ratio"],
+                 r.get("control_seed"), r["step"], r["n_seeds"], r.get("n_diverged"), r["L"], r["ell"], r["ratio"],
                  r["fraction_removed"], r.get("ratio_random")]
                 for r in sorted(group, key=_smoothness_order)]
         out += [f"### {workload}", "", markdown_table(header, body), ""]
@@ -284,13 +325,16 @@ def _topk_section(rows: Rows) -> list[str]:
     return out
 
 
-def _curvature_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
+def _curvature_section(every: Rows, figures: Mapping[str, Path]) -> list[str]:
+    rows = [r for r in every if r["status"] != DIVERGED]
+    left_out = sorted({r["trial_id"] for r in every if r["status"] == DIVERGED})
     out = ["## Curvature beside directional sharpness (beyond the paper, Sec. 4.2 conjecture)", "",
            "lambda_max is the top Hessian eigenvalue (Lanczos) on the test batch; rank corr is the "
            "Spearman correlation between |g_i| and the Hutchinson estimate of |H_ii| over all "
            "coordinates and over the top-k fraction by |g|. The probe columns give each probe's raw "
            "directional sharpness divided by lambda_max (at most 1: sharpness along one direction "
-           "cannot exceed the top eigenvalue). Means over seeds.", ""]
+           "cannot exceed the top eigenvalue). Means over seeds"
+           + (f"; left out: {len(left_out)} diverged trial(s) ({', '.join(left_out)})." if left_out else "."), ""]
     for key, group in _trajectories(rows):
         probes = sorted({r["probe"] for r in group if r["probe"] is not None})
         body = []
@@ -311,23 +355,31 @@ def _curvature_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
     return out
 
 
-def render_report(tables: Mapping[str, pa.Table], figures: Mapping[str, Path]) -> str:
-    """The report's markdown text; no date in it, so the same sweep gives the same report."""
+def render_report(
+    tables: Mapping[str, pa.Table], figures: Mapping[str, Path], states: TrialStates | None = None
+) -> str:
+    """The report's markdown text; no date in it, so the same sweep gives the same report. With
+    `states` (pipeline.accounting), it says what became of every planned trial, per table."""
     rows = {name: data.to_pylist() for name, data in tables.items()}
     sweeps = sorted({r["sweep"] for data in rows.values() for r in data})
     trials = {r["trial_id"]: r["experiment"] for data in rows.values() for r in data if "trial_id" in r}
     by_experiment = ", ".join(f"{e}: {n}" for e, n in sorted(_count(trials.values()).items()))
     workloads = sorted({r["workload"] for data in rows.values() for r in data})
+    diverged = [r for r in rows.get("trials", []) if r.get("status") == DIVERGED]
+    counted = (f"Trials {summary_line(states.counts())} (by experiment, with records: {by_experiment or 'none'})"
+               if states is not None else f"{len(trials)} trials ({by_experiment or 'none with rows'})")
     out = [f"# Sweep {', '.join(sweeps) or '-'}", "",
-           f"{len(trials)} trials ({by_experiment or 'none with rows'}); workloads: {', '.join(workloads) or '-'}.",
+           f"{counted}; workloads: {', '.join(workloads) or '-'}.",
            "Reproduction of Pan & Li, \"Toward Understanding Why Adam Converges Faster Than SGD for "
            "Transformers\" (arXiv 2306.00204). Re-create with `python -m pipeline aggregate <this directory>`.", "",
            "## Tables", ""]
     out += [f"- `tables/{name}.parquet` ({tables[name].num_rows} rows): {note}"
             for name, note in TABLE_NOTES.items() if name in tables]
     out.append("")
+    if states is not None:
+        out += _accounting_section(states, tables, diverged)
     if rows.get("orderings"):
-        out += _orderings_section(rows["orderings"])
+        out += _orderings_section(rows["orderings"], diverged)
     if rows.get("table1_sharpness_ratio"):
         out += _glance_section(rows["table1_sharpness_ratio"])
         out += _sharpness_section(rows["table1_sharpness_ratio"], figures, rows.get("sharpness", []))
@@ -366,5 +418,5 @@ def write_report(layout: ResultsLayout, tables: Mapping[str, pa.Table]) -> dict[
             if png.stem not in figures:
                 png.unlink()
     report = layout.report_path
-    atomic_write_bytes(report, render_report(tables, figures).encode())
+    atomic_write_bytes(report, render_report(tables, figures, trial_states(layout)).encode())
     return {"report": report, **{f"figure:{stem}": path for stem, path in figures.items()}}

@@ -47,9 +47,9 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
         if not mark.is_file():
             todo.append(trial)
             continue
-        try:
-            earlier = json.loads(mark.read_text())
-        except (OSError, ValueError):
+        try:  # through the model: a setting added since (with its default) is not a different config
+            earlier = Trial.model_validate(json.loads(mark.read_text())).to_json()
+        except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
             earlier = None
         if earlier != trial.to_json():
             raise ConfigError(
@@ -65,7 +65,7 @@ class Sink(Protocol):
 
     def start(self, trial: Trial) -> None: ...
     def log(self, trial_id: str, points: list[tuple[int, dict[str, float]]]) -> None: ...
-    def finish(self, trial: Trial, encoded: dict[str, bytes]) -> dict[str, Any]: ...
+    def finish(self, trial: Trial, encoded: dict[str, bytes], status: str = "finished") -> dict[str, Any]: ...
     def fail(self, trial_id: str, text: str) -> None: ...
 
 
@@ -118,10 +118,15 @@ def run_trial(
         phase("writing", trial.steps)
         seconds = time.perf_counter() - start
         host = socket.gethostname()
-        records["trials"] = [{"node_ip": node or host, "hostname": host, "seconds": seconds}]
-        encoded = encode_trial_records(trial.identity(), records)
+        # The training loop's outcome (pipeline.experiments.loop): finished, or diverged and where.
+        outcome = dict(records.pop("trials", [{}])[0])
+        status = outcome.pop("status", "finished")
+        records["trials"] = [{"node_ip": node or host, "hostname": host, "seconds": seconds,
+                              "diverged_step": outcome.get("diverged_step"),
+                              "diverged_loss": outcome.get("diverged_loss")}]
+        encoded = encode_trial_records(trial.identity(), records, status=status)
         flush()
-        tracked = sink.finish(trial, encoded)
+        tracked = sink.finish(trial, encoded, status)
     except BaseException:
         with contextlib.suppress(Exception):  # the experiment's error is the one to report
             flush()
@@ -129,6 +134,7 @@ def run_trial(
         raise
     return {
         "trial_seconds": time.perf_counter() - start,
+        "diverged": int(status == "diverged"),
         **tracked,
         "rows": sum(len(rows) for rows in records.values()),
     }

@@ -33,6 +33,11 @@ IDENTIFYING = _fields(
     ("clip_fraction", F64), ("clip_target", STR), ("lr", F64, True), ("seed", I64),
 )
 IDENTIFYING_COLUMNS: tuple[str, ...] = tuple(f.name for f in IDENTIFYING)
+# Beside the identity on every trial row: the trial's outcome, "finished" or "diverged" (its
+# training loss blew up: pipeline.experiments.loop; it has rows only from before that point).
+STATUS = _fields(("status", STR))
+TRIAL_COLUMNS: tuple[str, ...] = IDENTIFYING_COLUMNS + ("status",)
+FINISHED, DIVERGED = "finished", "diverged"
 _TRIAL_KEYS = ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "seed", "trial_id")
 
 # The experiment's own columns, exactly as the experiments emit them.
@@ -67,8 +72,10 @@ _EXPERIMENT_COLUMNS: dict[str, list[pa.Field]] = {
         ("outlier_factor", F64), ("n_samples", I64),
         ("gn_params", STR), ("n_params", I64), ("control_seed", I64),
     ),
-    # One row per finished trial: where it ran (Ray's node address) and how long it took.
-    "trials": _fields(("node_ip", STR), ("hostname", STR), ("seconds", F64)),
+    # One row per completed trial: where it ran (Ray's node address), how long it took, and for a
+    # diverged trial the point and the training loss at which it stopped.
+    "trials": _fields(("node_ip", STR), ("hostname", STR), ("seconds", F64), ("diverged_step", I64, True),
+                      ("diverged_loss", F64, True)),
 }
 _EXPERIMENT_KEYS = {
     "sharpness": ("step", "probe"),
@@ -82,7 +89,7 @@ _EXPERIMENT_KEYS = {
 }
 
 TRIAL_TABLES: dict[str, TableSpec] = {
-    name: TableSpec(name, pa.schema(IDENTIFYING + cols), _TRIAL_KEYS + _EXPERIMENT_KEYS[name])
+    name: TableSpec(name, pa.schema(IDENTIFYING + STATUS + cols), _TRIAL_KEYS + _EXPERIMENT_KEYS[name])
     for name, cols in _EXPERIMENT_COLUMNS.items()
 }
 
@@ -106,8 +113,11 @@ CONVERGENCE_SUMMARY = TableSpec(
     "convergence_summary",
     pa.schema(_GROUP + _fields(
         ("best_lr", F64, True),               # null: Adafactor's relative step won
-        ("n_lrs", I64), ("n_seeds", I64), ("final_window", I64), ("last_step", I64),
-        ("final_loss_mean", F64), ("final_loss_std", F64, True),   # std null with one seed
+        # finished, diverged (every seed at best_lr) or partly_diverged; n_diverged of n_seeds
+        ("status", STR), ("n_lrs", I64), ("n_seeds", I64), ("n_diverged", I64),
+        ("final_window", I64), ("last_step", I64),
+        # over the finished seeds; null when none finished; std null with one seed
+        ("final_loss_mean", F64, True), ("final_loss_std", F64, True),
         ("final_test_loss_mean", F64, True),
         ("target_loss", F64, True),           # the unclipped baseline's final_loss_mean
         ("steps_to_target", I64, True), ("baseline_steps_to_target", I64, True),
@@ -121,6 +131,7 @@ TABLE1_SHARPNESS_RATIO = TableSpec(
     pa.schema(_fields(
         ("sweep", STR), ("workload", STR), ("trajectory", STR), ("algorithm", STR), ("clip_fraction", F64),
         ("clip_target", STR), ("lr", F64, True), ("step", I64), ("probe", STR), ("seed", I64),
+        ("status", STR),  # the seed's trial: a diverged one is left out of ratio_mean and n_seeds
         ("ratio_to_sgd", F64, True), ("ratio_mean", F64, True), ("n_seeds", I64),
         ("ratio_to_sgd_paper", F64, True), ("ratio_paper_mean", F64, True),
         ("undecided", BOOL), ("n_undecided", I64),
@@ -133,8 +144,10 @@ TABLE3_CONVERGENCE = TableSpec(
     pa.schema(_fields(
         ("sweep", STR), ("workload", STR), ("algorithm", STR),
         ("lr", F64, True), ("final_loss_mean", F64, True), ("final_loss_std", F64, True),
+        ("n_seeds", I64, True), ("n_diverged", I64, True),
         ("clip_fraction", F64, True), ("clip_target", STR, True), ("clip_lr", F64, True),
         ("clip_final_loss_mean", F64, True), ("clip_final_loss_std", F64, True),
+        ("clip_n_seeds", I64, True), ("clip_n_diverged", I64, True),
         ("steps_to_target", I64, True), ("clip_steps_to_target", I64, True),
         ("speedup", F64, True), ("loss_ratio", F64, True),
     )),
@@ -147,6 +160,7 @@ TABLE8_SMOOTHNESS = TableSpec(
         ("sweep", STR), ("workload", STR), ("trajectory", STR), ("algorithm", STR), ("clip_fraction", F64),
         ("clip_target", STR), ("lr", F64, True), ("outlier_factor", F64), ("gn_params", STR),
         ("control_seed", I64), ("step", I64), ("n_seeds", I64),
+        ("n_diverged", I64),  # seeds whose trial diverged: left out of the means and of n_seeds
         ("L", F64), ("ell", F64), ("ratio", F64), ("fraction_removed", F64),
         ("ell_random", F64), ("ratio_random", F64),
     )),

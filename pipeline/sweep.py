@@ -68,8 +68,8 @@ class RemoteSink:
     def log(self, trial_id: str, points: list[tuple[int, dict[str, float]]]) -> None:
         ray.get(self.actor.log.remote(trial_id, points))
 
-    def finish(self, trial: Trial, encoded: dict[str, bytes]) -> dict[str, Any]:
-        return ray.get(self.actor.finish.remote(trial, encoded))
+    def finish(self, trial: Trial, encoded: dict[str, bytes], status: str = "finished") -> dict[str, Any]:
+        return ray.get(self.actor.finish.remote(trial, encoded, status))
 
     def fail(self, trial_id: str, text: str) -> None:
         ray.get(self.actor.fail.remote(trial_id, text))
@@ -127,8 +127,9 @@ class _Progress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if self.progress is not None:
-            seconds = (trial.last_result or {}).get("trial_seconds")
-            self.progress.ended(trial.config["trial_id"], failed=False, seconds=seconds)
+            result = trial.last_result or {}
+            self.progress.ended(trial.config["trial_id"], failed=False, seconds=result.get("trial_seconds"),
+                                diverged=bool(result.get("diverged")))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if self.progress is not None:
@@ -218,7 +219,7 @@ def run(plan: SweepPlan, *, log: Log = lambda line: None, verbose: bool = False)
             tags={"trials": str(len(plan.trials)), "sweep_dir": str(plan.layout.sweep_dir)},
         )
         outcome.sweep_run = sweep_run
-        plan.layout.write_plan([t.trial_id for t in config.trials])
+        plan.layout.write_plan([t.trial_id for t in config.trials], {t.trial_id: t.experiment for t in config.trials})
         plan.layout.ray_dir.mkdir(parents=True, exist_ok=True)
         status = "KILLED"  # unless the fit returns
         progress = Progress(config.name, {t.trial_id: t.steps for t in plan.trials}, done_earlier=len(plan.done))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline.redact import mask_uri
@@ -62,6 +62,7 @@ class TrialRun(Protocol):
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
     def log_artifacts(self, paths: Iterable[Path], artifact_path: str) -> None: ...
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
 
@@ -288,6 +289,11 @@ class MlflowTrialRun:
     def log_artifacts(self, paths: Iterable[Path], artifact_path: str) -> None:
         for path in paths:
             self._timed(self._client.log_artifact, self.run_id, os.fspath(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Tags set once the trial has run (its outcome: `status` finished or diverged)."""
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._timed(self._client.log_batch, self.run_id, tags=batch)
 
     def end(self, status: str = "FINISHED") -> None:
         for key, (step, value) in self._stride.leftovers().items():

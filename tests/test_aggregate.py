@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -26,9 +27,11 @@ def trial(experiment, algorithm, clip, lr, seed, target="grad", workload="causal
     })
 
 
-def write(sweep_dir, t, records):
-    """A trial's records where the sweep's layout puts them."""
-    write_trial_records(ResultsLayout(sweep_dir).records_dir(t.trial_id), t.identity(), records)
+def write(sweep_dir, t, records, status="finished"):
+    """A trial's records where the sweep's layout puts them, then its done mark (as the sink does)."""
+    layout = ResultsLayout(sweep_dir)
+    write_trial_records(layout.records_dir(t.trial_id), t.identity(), records, status=status)
+    layout.done_mark(t.trial_id).write_text(json.dumps(t.to_json()))
 
 
 # Convergence curves, logged every 10 steps (10 points). The final loss is the mean of the last 5.

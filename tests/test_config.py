@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "conf").rglob("*.yaml"))
 SMOKE = ROOT / "conf" / "smoke.yaml"
 TRIAL_KEYS = {"sweep", "trial_id", "experiment", "label", "workload", "algorithm", "clip_fraction", "clip_target",
-              "lr", "hparams", "seed", "steps", "device", "measure", "eval_every"}
+              "lr", "hparams", "seed", "steps", "device", "measure", "eval_every", "divergence_factor"}
 
 
 def smoke_raw() -> dict:

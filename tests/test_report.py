@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -23,9 +24,11 @@ def trial(experiment, algorithm, seed, *, clip=0.0, lr=0.1, workload="translatio
     })
 
 
-def write(sweep_dir, t, records):
-    """A trial's records where the sweep's layout puts them."""
-    write_trial_records(ResultsLayout(sweep_dir).records_dir(t.trial_id), t.identity(), records)
+def write(sweep_dir, t, records, status="finished"):
+    """A trial's records where the sweep's layout puts them, then its done mark (as the sink does)."""
+    layout = ResultsLayout(sweep_dir)
+    write_trial_records(layout.records_dir(t.trial_id), t.identity(), records, status=status)
+    layout.done_mark(t.trial_id).write_text(json.dumps(t.to_json()))
 
 
 def aggregate_and_report(sweep_dir):
@@ -123,12 +126,13 @@ def test_report_shows_the_numbers(full):
     # Table 3: finals 20-1*{3..7} mean 15 (+seed) -> 15, 16 (mean 15.5); clipped 10, 11 (10.5)
     assert "| sgd | 0.1 | 15.5 +- 0.7071 | sgd_clip0.1 | 0.1 | 10.5 +- 0.7071 |" in text
     # Table 8 row and curvature ratio sgd: 8 / 16
-    assert "| adam | 0.001 | attention | 2 | 0 | 0 | 1 | 9 | 3 | 3 | 0.01 | 1.059 |" in text
+    assert "| adam | 0.001 | attention | 2 | 0 | 0 | 1 | 0 | 9 | 3 | 3 | 0.01 | 1.059 |" in text
     # ... and the paper's Table 8 beside it
     assert "The paper's Table 8 (trajectory adam; L and ell not divided by n):" in text
     assert "| 9 | 8046 | 3471 | 2.32 | 0.0226 |" in text
     assert "| 0 | 16 | 2/2 | 0.25 | 0.5 | 0.075 | 0.5 |" in text
-    assert "7 trials (convergence: 4, sharpness: 2, smoothness: 1)" in text
+    assert ("Trials 7 planned: 7 finished, 0 diverged, 0 failed, 0 missing "
+            "(by experiment, with records: convergence: 4, sharpness: 2, smoothness: 1)") in text
     # Orderings: adam at step 50 (step 0 left out) has ratio 0.15 < 1 on a transformer; Table 8's
     # L/ell 3 with eps 1% at step 5.
     assert "### translation: 1 held" in text and "### classification: 1 held" in text

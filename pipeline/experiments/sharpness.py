@@ -19,7 +19,7 @@ import torch
 
 from pipeline.config import Measure, Trial
 from pipeline.experiments.common import Records, Reporter, named_trainable
-from pipeline.experiments.loop import run_with
+from pipeline.experiments.loop import Diverged, run_with
 from pipeline.measure import (
     base_loss,
     gradient_correlation,
@@ -93,6 +93,8 @@ def measure_point(
     # The landscape and the sharpness are on the test batch, so the first-order term of the
     # loss change along v is the test-batch gradient's: that is the correlation we report.
     test_grad = torch.func.grad(loss_fn)(params)
+    if not all(bool(torch.isfinite(g).all()) for g in test_grad.values()):
+        raise Diverged("the test-batch gradient is not finite")
     correlation = gradient_correlation(test_grad, directions)
     norms = update_norms(directions)
     # Null (not NaN) where there is nothing to divide by: no SGD probe, or a zero SGD sharpness.
@@ -176,7 +178,12 @@ def curvature_row(loss_fn, params, grad, measure: Measure, generator: torch.Gene
     """Top Hessian eigenvalue and the |g_i| vs |H_ii| rank correlation (paper Sec. 4.2)."""
     iters, tol = measure.lanczos_iters, measure.lanczos_tol
     samples, topk = measure.hutchinson_samples, measure.topk_fraction
-    eig = top_hessian_eigenvalue(loss_fn, params, iters=iters, tol=tol, generator=generator)
+    try:
+        eig = top_hessian_eigenvalue(loss_fn, params, iters=iters, tol=tol, generator=generator)
+    except torch.linalg.LinAlgError as err:  # the Lanczos tridiagonal holds inf/NaN: products overflowed
+        raise Diverged(f"top Hessian eigenvalue: {err}") from err
+    if not math.isfinite(eig.value):
+        raise Diverged("the top Hessian eigenvalue is not finite")
     diag = hutchinson_diagonal(loss_fn, params, samples=samples, generator=generator)
     correlation = gradient_curvature_correlation(grad, diag, topk_fraction=topk)
     return {

@@ -107,6 +107,8 @@ def test_curvature_row_per_point(sharpness_runs):
 def test_records_fit_the_table_schemas(sharpness_runs, tmp_path):
     (records, _), _, t = sharpness_runs
     layout = ResultsLayout(tmp_path)
+    outcome = records.pop("trials")  # the loop's outcome row; the runner completes it (node, seconds)
+    assert outcome == [{"status": "finished", "diverged_step": None, "diverged_loss": None}]
     write_trial_records(layout.records_dir(t.trial_id), t.identity(), records)
     tables = read_trial_records(layout)
     assert tables["sharpness"].num_rows == len(records["sharpness"])
@@ -123,8 +125,10 @@ def test_convergence_is_deterministic_and_learns():
 
 
 def test_convergence_stops_at_divergence():
-    rows = EXPERIMENTS["convergence"](trial("convergence", lr=1e6, steps=20), [])["convergence"]
+    records = EXPERIMENTS["convergence"](trial("convergence", lr=1e6, steps=20, divergence_factor=None), [])
+    rows = records["convergence"]
     assert len(rows) < 20 and not math.isfinite(rows[-1]["train_loss"])
+    assert records["trials"][0]["status"] == "diverged" and records["trials"][0]["diverged_step"] == rows[-1]["step"]
 
 
 def test_smoothness_on_the_classifier():
