@@ -27,7 +27,7 @@ from ray import tune
 
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from pipeline.config import SweepConfig, Trial
+from pipeline.config import ConfigError, SweepConfig, Trial
 from pipeline.labels import EXPERIMENT_TABLES
 from pipeline.layout import ResultsLayout
 from pipeline.preflight import check_cluster_resources
@@ -179,7 +179,7 @@ def _ray_session(config: SweepConfig, *, verbose: bool = False, log_file: os.Pat
             if progress is not None:
                 progress.say("starting Ray locally" if local else f"connecting to Ray at {config.ray.address}")
             begin = time.monotonic()
-            with _stderr_to(quiet):
+            with _stderr_to(quiet), _refused_as_config_error(config.ray.address):
                 ray.init(
                     address=config.ray.address,
                     num_cpus=config.ray.num_cpus if local else None,
@@ -204,6 +204,16 @@ def _ray_session(config: SweepConfig, *, verbose: bool = False, log_file: os.Pat
         finally:
             for name, level in levels.items():
                 logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def _refused_as_config_error(address: str | None) -> Iterator[None]:
+    """An address that answers but is no Ray (preflight only checks that it answers): one error line."""
+    try:
+        yield
+    except ConnectionError as err:
+        raise ConfigError(f"ray.address: no Ray cluster answers at {address} ({err}); expected the address "
+                          "of a running Ray head (host:port) or null for a local Ray") from None
 
 
 def run(plan: SweepPlan, *, log: Log = lambda line: None, verbose: bool = False) -> SweepOutcome:
