@@ -45,7 +45,7 @@ def measure(device: str, size: str, samples: int, seq_len: int, budget_rows: int
         torch.cuda.reset_peak_memory_stats()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss is KiB)
     start = time.perf_counter()
-    result = gauss_newton_smoothness(model, batch, outlier_factor=4.0, row_budget_bytes=budget)
+    result = gauss_newton_smoothness(model, batch, outlier_factor=4.0, params="all", row_budget_bytes=budget)
     if device == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2**30

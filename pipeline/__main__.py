@@ -1,14 +1,17 @@
-"""Command line: `python -m pipeline sweep CONFIG [key.path=value ...] | aggregate RESULTS_DIR | setup [...]`."""
+"""Command line: `python -m pipeline sweep|plan CONFIG [key.path=value ...] | aggregate RESULTS_DIR | setup [...]`."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 USAGE = """usage: python -m pipeline COMMAND ...
   sweep CONFIG [key.path=value ...] [--verbose]
                                       run a sweep (Ray Tune + MLflow), then its aggregate stage;
                                       --verbose keeps Ray's and Tune's own output
+  plan CONFIG [key.path=value ...]    validate a config; print its trials and estimated GPU-hours (a dry run)
   aggregate RESULTS_DIR               re-run the aggregate stage of <results_dir>/<sweep name>
   setup [--data-dir D] [--only NAME]  prepare the corpora (idempotent)
   tracking-server [--host H] [--port P] [--store URI]
@@ -37,10 +40,13 @@ def sweep_command(args: Sequence[str]) -> int:
         return _error(f"sweep: expected a config file, got {list(args)}; "
                       "usage: python -m pipeline sweep CONFIG [key.path=value ...]")
     from pipeline.config import ConfigError, load_config
-    from pipeline.runner import plan_sweep
+    from pipeline.preflight import preflight
 
     try:
         config = load_config(args[0], args[1:])
+        preflight(config)  # the machine: paths, data, resources, the Ray address (pipeline.preflight)
+        from pipeline.runner import plan_sweep  # MLflow: only once the input is known to be good
+
         plan = plan_sweep(config)
     except ConfigError as err:
         return _error(str(err))
@@ -51,18 +57,21 @@ def sweep_command(args: Sequence[str]) -> int:
 
     try:
         outcome = sweep.run(plan, log=_say, verbose=verbose)
-    except TrackingError as err:  # before Ray starts: the store is set up first
+    except (TrackingError, ConfigError) as err:  # the store is set up first; a cluster short of resources
         return _error(str(err))
     for trial_id, line in outcome.failed.items():
         print(f"FAILED {trial_id}: {line}", file=sys.stderr)
-    _say(f"sweep {config.name}: {len(outcome.finished)} finished, {len(outcome.failed)} failed, "
-         f"{len(plan.done)} done earlier, {outcome.seconds:.0f} s")
+    # A diverged trial ran to its end (records, done mark): it is not a failure, it is counted apart.
+    diverged = [t for t in outcome.finished if (outcome.results.get(t) or {}).get("diverged")]
+    _say(f"sweep {config.name}: {len(outcome.finished) - len(diverged)} finished, {len(diverged)} diverged, "
+         f"{len(outcome.failed)} failed, {len(plan.done)} done earlier, {outcome.seconds:.0f} s")
     try:
         outputs = _aggregate_and_report(layout)
     except ValueError as err:
         print(f"aggregate: {err}", file=sys.stderr)
         return 1
-    _say(outputs["coverage"])
+    for line in outputs["accounting"]:
+        _say(line)
     _say(f"tables:  {layout.tables_dir}/ ({outputs['tables']} files)")
     _say(f"figures: {layout.figures_dir}/ ({outputs['figures']} files)")
     _say(f"report:  {layout.report_path}")
@@ -82,8 +91,9 @@ def _error_line(err: BaseException) -> str:
     return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
-def _aggregate_and_report(layout) -> dict[str, int]:
+def _aggregate_and_report(layout) -> dict[str, Any]:
     """The aggregate stage, then the report from its tables; ValueError when there are no records."""
+    from pipeline.accounting import accounting_lines, trial_states
     from pipeline.aggregate import aggregate, coverage
     from pipeline.report import write_report  # matplotlib is only needed here
 
@@ -95,7 +105,30 @@ def _aggregate_and_report(layout) -> dict[str, int]:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         line += f"; missing: {shown}"
     return {"tables": len(tables), "figures": sum(name.startswith("figure:") for name in written),
-            "coverage": line}
+            "accounting": [line, *accounting_lines(trial_states(layout), tables)]}
+
+
+PLAN_USAGE = "usage: python -m pipeline plan CONFIG [key.path=value ...]"
+
+
+def plan_command(args: Sequence[str]) -> int:
+    """A dry run: the config validated, its trials counted and their GPU-hours estimated
+    (pipeline.cost); no Ray, no tracking store, no data read."""
+    if args and args[0] in ("-h", "--help"):
+        print(PLAN_USAGE)
+        return 0
+    if not args or args[0].startswith("-"):
+        return _error(f"plan: expected a config file, got {list(args)}; {PLAN_USAGE}")
+    from pipeline.config import ConfigError, load_config
+    from pipeline.cost import plan_lines
+
+    try:
+        config = load_config(args[0], args[1:])
+    except ConfigError as err:
+        return _error(str(err))
+    for line in plan_lines(config):
+        _say(line)
+    return 0
 
 
 AGGREGATE_USAGE = "usage: python -m pipeline aggregate RESULTS_DIR   (RESULTS_DIR = <results_dir>/<sweep name>)"
@@ -116,7 +149,8 @@ def aggregate_command(args: Sequence[str]) -> int:
     except (ValueError, OSError) as err:
         return _error(str(err))
     _say(f"{layout.sweep_dir}: {outputs['tables']} tables, {outputs['figures']} figures, report {layout.report_path}")
-    _say(outputs["coverage"])
+    for line in outputs["accounting"]:
+        _say(line)
     return 0
 
 
@@ -135,8 +169,15 @@ def setup_command(args: Sequence[str]) -> int:
     return 0
 
 
+def private_umask() -> None:
+    """Files and folders this process and its children (Ray, MLflow's SQLite store) create are never
+    group- or world-writable, whatever umask the shell had (0 in many containers)."""
+    os.umask(os.umask(0) | 0o022)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    private_umask()
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
@@ -145,13 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sweep_command(rest)
     if command == "aggregate":
         return aggregate_command(rest)
+    if command == "plan":
+        return plan_command(rest)
     if command == "setup":
         return setup_command(rest)
     if command == "tracking-server":
         from pipeline.tracking_server import main as serve
 
         return serve(rest)
-    return _error(f"unknown command {command!r}; allowed: sweep, aggregate, setup, tracking-server")
+    return _error(f"unknown command {command!r}; allowed: sweep, aggregate, setup, tracking-server, plan")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline import orderings, tables
+from pipeline.accounting import trial_states
 from pipeline.labels import EXPERIMENT_TABLES
-from pipeline.layout import ResultsLayout
+from pipeline.layout import DONE_MARK, ResultsLayout
 from pipeline.records import read_trial_records, rows_to_table, write_table
 from pipeline.schemas import OUTPUT_TABLES
 
@@ -40,7 +41,7 @@ def build_tables(
         return records[name].to_pylist() if name in records else []
 
     out: dict[str, pa.Table] = {}
-    for name in ("sharpness", "landscape", "histogram", "convergence", "smoothness", "trials"):
+    for name in ("sharpness", "landscape", "histogram", "topk_share", "convergence", "smoothness", "trials"):
         if name in present:
             out[name] = records[name] if name in records else OUTPUT_TABLES[name].schema.empty_table()
     if "convergence" in present:
@@ -55,6 +56,7 @@ def build_tables(
     if "sharpness" in present or "smoothness" in present:
         checks = orderings.paper_orderings(table1 if "sharpness" in present else [],
                                            out["table8_smoothness"].to_pylist() if "smoothness" in present else [])
+        checks = orderings.note_diverged(checks, rows("trials"))
         out["orderings"] = _derived("orderings", checks)
     if "curvature" in present:
         joined = tables.curvature_with_sharpness(rows("curvature"), rows("sharpness"))
@@ -63,16 +65,18 @@ def build_tables(
 
 
 def aggregate(layout: ResultsLayout, *, final_window: int = tables.FINAL_WINDOW) -> dict[str, pa.Table]:
-    """Read every trial's records and write each table to ``layout.table_path(name)`` (atomically,
-    byte-identical on re-runs). Returns the tables by name, for the report.
+    """Read the records of every trial with a done mark (finished or diverged: a failed trial's
+    partial records, if any, do not count) and write each table to ``layout.table_path(name)``
+    (atomically, byte-identical on re-runs). Returns the tables by name, for the report.
 
     Raises ValueError when the sweep directory holds no trial records.
     """
     if not layout.sweep_dir.is_dir():
         raise ValueError(f"RESULTS_DIR: {layout.sweep_dir} is not a directory")
-    records = read_trial_records(layout)
+    records = read_trial_records(layout, trial_states(layout).done)
     if not records:
-        raise ValueError(f"RESULTS_DIR: no trial records under {layout.trials_dir}/*/records/")
+        raise ValueError(f"RESULTS_DIR: no trial records with a done mark ({DONE_MARK}: a finished trial) "
+                         f"under {layout.trials_dir}/*/records/")
     built = build_tables(records, final_window=final_window)
     for name, data in built.items():
         write_table(OUTPUT_TABLES[name], data, layout.table_path(name))

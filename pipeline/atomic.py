@@ -6,17 +6,20 @@ import os
 import secrets
 from pathlib import Path
 
+FILE_MODE = 0o644  # owner writes; group and others only read
+
 
 def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> Path:
     """Write to a hidden temp file in the same directory, fsync, then os.replace.
 
-    The file gets mode 0o666 under the umask (os.open, not mkstemp's 0o600), so that other
-    readers of shared storage (a results directory, the corpus cache) can read it.
+    The file gets mode 0o644 (os.open, not mkstemp's 0o600), further narrowed by the umask: other
+    readers of shared storage (a results directory, the corpus cache) can read it, nobody else can
+    write it, even under a umask of 0.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)

@@ -23,6 +23,13 @@ def _as_list(value: Any) -> Any:
 
 
 PosInt = Annotated[StrictInt, Field(gt=0)]
+# Upper bound on a block's `steps`: the paper's longest runs are a few thousand steps; a bound
+# turns a typo (steps=10**15) into an error instead of a run that never ends.
+MAX_STEPS = 10_000_000
+# Upper bounds on names that become folder names, MLflow experiment and run names: with the
+# trial-id parts and temp-file suffixes they stay below the filesystem's 255-byte name limit.
+MAX_NAME = 100
+MAX_LABEL = 40
 NonNegInt = Annotated[StrictInt, Field(ge=0)]
 PosFloat = Annotated[StrictFloat, Field(gt=0)]
 # Grid axes: a list, or a scalar for a one-point axis.
@@ -30,6 +37,10 @@ LrAxis = Annotated[list[PosFloat | None], BeforeValidator(_as_list)]
 FractionAxis = Annotated[list[Fraction], BeforeValidator(_as_list)]
 TargetAxis = Annotated[list[ClipTarget], BeforeValidator(_as_list)]
 SeedAxis = Annotated[list[NonNegInt], BeforeValidator(_as_list)]
+# A training loss above this multiple of the step-0 loss ends a trial as diverged (a non-finite
+# loss always does): 10x the loss of the untrained model is far past any minibatch noise.
+DIVERGENCE_FACTOR = 10.0
+Factor = Annotated[StrictFloat | StrictInt, Field(gt=1)]
 
 
 class _Strict(BaseModel):
@@ -40,6 +51,7 @@ class RayConfig(_Strict):
     address: str | None = None  # None: start a local Ray; "auto": join the cluster this runs in
     num_cpus: PosInt | None = None  # local Ray only; None: every core
     max_concurrent_trials: PosInt | None = None  # None: as many as the resources allow
+    connect_timeout_s: PosFloat = 10.0  # `address`: seconds to wait for the cluster before giving up
 
 
 class Resources(_Strict):
@@ -81,8 +93,15 @@ class Measure(_Strict):
     lanczos_tol: PosFloat = 1e-3
     hutchinson_samples: PosInt = 8
     topk_fraction: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.1
+    # The share of SGD's sharpness carried by its top-k coordinates (paper Secs. 3.2, 4.1), per k;
+    # empty: not measured. Written to the topk_share table at every measurement point.
+    share_fractions: tuple[Annotated[StrictFloat, Field(gt=0, le=1)], ...] = (0.001, 0.01, 0.1)
     outlier_factor: PosFloat = 4.0  # Gauss-Newton: rows >= factor x the mean row norm are removed
     gn_samples: PosInt = 16
+    # Gauss-Newton coordinates: "attention" (the attention weight matrices, as the authors' code),
+    # "all" (every trainable parameter) or a regular expression searched in parameter names.
+    gn_params: Annotated[str, Field(min_length=1)] = "attention"
+    gn_control_seed: NonNegInt = 0  # seeds the random-removal control (the authors' check_sol)
 
     def steps(self, steps: int) -> list[int]:
         """The steps at which an experiment measures: `at`, or every N, within [0, steps]."""
@@ -102,10 +121,11 @@ class ExperimentBlock(_Strict):
     experiment: str
     label: str | None = None  # prefixes trial ids: tells apart blocks that would repeat them
     workload: dict[str, Any]
-    steps: PosInt
+    steps: Annotated[StrictInt, Field(gt=0, le=MAX_STEPS)]
     seeds: SeedAxis = [0]
     measure: Measure = Measure()
     eval_every: PosInt | None = None
+    divergence_factor: Factor | None = DIVERGENCE_FACTOR  # None: only a non-finite loss diverges
     algorithms: dict[str, AlgorithmGrid]
 
 
@@ -127,6 +147,7 @@ class Trial(_Strict):
     device: str = "auto"
     measure: Measure = Measure()
     eval_every: int | None = None  # convergence: test-batch loss every N steps
+    divergence_factor: float | None = DIVERGENCE_FACTOR  # see pipeline.experiments.loop
 
     @property
     def trajectory(self) -> str:
@@ -172,7 +193,7 @@ class SweepConfig(_Strict):
     @cached_property
     def trials(self) -> tuple[Trial, ...]:
         """The grid, expanded once (validate() fills this), in config order."""
-        return tuple(trial for block in self.experiments for trial in _block_trials(self, block))
+        return tuple(trial for block in self.experiments for trial in block_trials(self, block))
 
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*")
@@ -191,6 +212,9 @@ def validate(raw: dict) -> SweepConfig:
         raise ConfigError(_describe(err)) from None
     if not _SAFE_NAME.fullmatch(config.name):
         raise ConfigError(f"name: {config.name!r} must be a filesystem-safe word (letters, digits, _ . = -)")
+    if len(config.name) > MAX_NAME:
+        raise ConfigError(f"name: {len(config.name)} characters; expected at most {MAX_NAME} "
+                          "(it names the results folder and the MLflow experiment)")
     if config.device == "cuda" and config.resources_per_trial.gpu == 0:
         raise ConfigError("device: 'cuda' needs resources_per_trial.gpu > 0 (Ray hides GPUs from trials without one)")
     if not config.experiments:
@@ -201,15 +225,15 @@ def validate(raw: dict) -> SweepConfig:
         where = f"experiments.{index}"
         _check_block(where, block)
         try:
-            block_trials = _block_trials(config, block)
+            expanded = block_trials(config, block)
         except ValueError as err:  # the workload's own spec checks (pipeline.workloads)
             raise ConfigError(f"{where}.{err}") from None
-        for trial in block_trials:
+        for trial in expanded:
             if trial.trial_id in seen:
                 raise ConfigError(f"{where}: trial id {trial.trial_id!r} repeats one of "
                                   f"experiments.{seen[trial.trial_id]}; give one block a distinct `label`")
             seen[trial.trial_id] = index
-        trials += block_trials
+        trials += expanded
     config.__dict__["trials"] = tuple(trials)  # the cached_property: the grid is expanded once
     return config
 
@@ -247,6 +271,9 @@ def _check_block(where: str, block: ExperimentBlock) -> None:
                           f"allowed: {', '.join(EXPERIMENTS)}")
     if block.label is not None and not _SAFE_NAME.fullmatch(block.label):
         raise ConfigError(f"{where}.label: {block.label!r} must be a filesystem-safe word")
+    if block.label is not None and len(block.label) > MAX_LABEL:
+        raise ConfigError(f"{where}.label: {len(block.label)} characters; expected at most {MAX_LABEL} "
+                          "(it prefixes every trial id, a folder name)")
     name = block.workload.get("name")
     if name not in WORKLOADS:
         raise ConfigError(f"{where}.workload.name: unknown workload {name!r}; allowed: {', '.join(WORKLOADS)}")
@@ -256,6 +283,19 @@ def _check_block(where: str, block: ExperimentBlock) -> None:
         raise ConfigError(f"{where}.workload.name: smoothness needs a two-class classifier: {allowed}")
     if block.measure.at is not None and block.measure.every is not None:
         raise ConfigError(f"{where}.measure: give `at` or `every`, not both")
+    beyond = sorted(s for s in block.measure.at or () if s > block.steps)
+    if beyond:  # they would be dropped silently, leaving no measurement rows for them
+        raise ConfigError(f"{where}.measure.at: step(s) {beyond} beyond the run's steps ({block.steps}); "
+                          f"expected steps in [0, {block.steps}]")
+    if block.measure.every is not None and block.measure.every > block.steps:
+        raise ConfigError(f"{where}.measure.every: {block.measure.every} exceeds the run's steps "
+                          f"({block.steps}); expected at most {block.steps}")
+    if block.measure.gn_params not in ("attention", "all"):
+        try:
+            re.compile(block.measure.gn_params)
+        except re.error as err:
+            raise ConfigError(f"{where}.measure.gn_params: expected attention, all or a regular expression; "
+                              f"{block.measure.gn_params!r} is not one ({err})") from None
     axes = {"seeds": block.seeds, "algorithms": block.algorithms}
     axes |= {f"algorithms.{a}.{axis}": getattr(g, axis) for a, g in block.algorithms.items()
              for axis in ("lr", "clip_fraction", "clip_target")}
@@ -297,7 +337,8 @@ def _points(grid: AlgorithmGrid) -> list[tuple[float | None, float, str]]:
     return points
 
 
-def _workload(block: ExperimentBlock, config: SweepConfig) -> dict[str, Any]:
+def block_workload(block: ExperimentBlock, config: SweepConfig) -> dict[str, Any]:
+    """A block's workload spec as written, with the sweep's data_dir (absolute) filled in."""
     spec = dict(block.workload)
     if config.data_dir is not None and spec.get("data_dir") is None:
         spec["data_dir"] = config.data_dir
@@ -313,14 +354,16 @@ def trial_id(block: ExperimentBlock, algorithm: str, lr: float | None, fraction:
     return "-".join(p for p in parts if p)
 
 
-def _block_trials(config: SweepConfig, block: ExperimentBlock) -> list[Trial]:
-    workload = validate_workload_spec(_workload(block, config))
+def block_trials(config: SweepConfig, block: ExperimentBlock) -> list[Trial]:
+    """One block's trials, in grid order."""
+    workload = validate_workload_spec(block_workload(block, config))
     return [
         Trial(
             sweep=config.name, trial_id=trial_id(block, algorithm, lr, fraction, target, seed),
             experiment=block.experiment, label=block.label, workload=workload, algorithm=algorithm,
             clip_fraction=float(fraction), clip_target=target, lr=lr, hparams=dict(grid.hparams), seed=seed,
             steps=block.steps, device=config.device, measure=block.measure, eval_every=block.eval_every,
+            divergence_factor=None if block.divergence_factor is None else float(block.divergence_factor),
         )
         for algorithm, grid in block.algorithms.items()
         for lr, fraction, target in _points(grid)

@@ -58,7 +58,14 @@ def read_config_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     """
     if not path.is_file():
         raise ConfigError(f"{path}: {'is a directory' if path.is_dir() else 'no such config file'}")
-    raw = parse_yaml(path.read_text(), str(path))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x}); "
+                          "expected a UTF-8 encoded YAML file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    raw = parse_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top, got {type(raw).__name__}")
     if "include" not in raw:

@@ -133,6 +133,8 @@ def sharpness_ratio(rows: Rows) -> dict[tuple, Figure]:
             if points:
                 ax.plot(*zip(*points), marker="o", label=probe, color=colors[probe])
                 values += [v for _, v in points]
+        if not values:  # every seed of this trajectory diverged: nothing to draw
+            continue
         if _positive(values):
             ax.set_yscale("log")
         ax.set(xlabel="step", ylabel="sharpness / SGD sharpness", title=_title(key))
@@ -174,13 +176,16 @@ def smoothness(rows: Rows) -> dict[tuple, Figure]:
     for (workload,), group in group_rows(rows, ("workload",)).items():
         fig = Figure(figsize=(12, 3.6), layout="constrained")
         axes = fig.subplots(1, 3)
-        lines = group_rows(group, ("trajectory", "lr", "outlier_factor"))
+        lines = group_rows(group, ("trajectory", "lr", "outlier_factor", "gn_params"))
         for key, tr in sorted(lines.items(), key=lambda kv: str(kv[0])):
             tr = sorted(tr, key=lambda r: r["step"])
-            label = f"{key[0]} lr {lr_text(key[1])} factor {key[2]:g}"
+            label = f"{key[0]} lr {lr_text(key[1])} factor {key[2]:g} {key[3]}"
             for ax, col in zip(axes, ("L", "ell", "ratio")):
                 ax.plot([r["step"] for r in tr], [r[col] for r in tr], marker="o", label=label)
-        for ax, name in zip(axes, ("L (GN spectral norm)", "ell (outliers removed)", "L / ell")):
+            # The control: L over the norm after removing as many random coordinates.
+            axes[2].plot([r["step"] for r in tr], [r["ratio_random"] for r in tr], linestyle="--",
+                         label=f"{label}, random removal")
+        for ax, name in zip(axes, ("L (GN spectral norm)", "ell (outliers removed)", "L / ell (dashed: random)")):
             ax.set(xlabel="step", title=name)
         axes[0].legend(fontsize=6)
         fig.suptitle(f"{workload}: Gauss-Newton smoothness")

@@ -18,7 +18,7 @@ Fraction = Annotated[StrictFloat, Field(ge=0, le=1)]
 # so that a sweep's tables/ does not change shape with what happened to be logged). The
 # sharpness experiment adds "curvature" when `measure.curvature` is on.
 EXPERIMENT_TABLES: dict[str, tuple[str, ...]] = {
-    "sharpness": ("sharpness", "landscape", "histogram"),
+    "sharpness": ("sharpness", "landscape", "histogram", "topk_share"),
     "convergence": ("convergence",),
     "smoothness": ("smoothness",),
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ class ResultsLayout:
     trials/<trial_id>/error.txt                 the traceback of a failed attempt
     trials/<trial_id>/checkpoint.pt             the last checkpoint of a trial not done yet (retries resume there)
     tables/<name>.parquet, figures/<stem>.png, report.md
-    plan.json                                   the trial ids the sweep planned (the driver writes it)
+    plan.json                                   the trial ids the sweep planned, each one's experiment
     ray/                                        Ray Tune's own state
     """
 
@@ -80,11 +80,21 @@ class ResultsLayout:
     def plan_path(self) -> Path:
         return self.sweep_dir / "plan.json"
 
-    def write_plan(self, trial_ids: Sequence[str]) -> None:
-        atomic_write_text(self.plan_path, json.dumps({"trials": list(trial_ids)}, indent=1))
+    def write_plan(self, trial_ids: Sequence[str], experiments: Mapping[str, str] | None = None) -> None:
+        data: dict[str, object] = {"trials": list(trial_ids)}
+        if experiments is not None:
+            data["experiments"] = {t: experiments[t] for t in trial_ids}
+        atomic_write_text(self.plan_path, json.dumps(data, indent=1))
 
     def read_plan(self) -> list[str] | None:
         try:
             return list(json.loads(self.plan_path.read_text())["trials"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+    def read_plan_experiments(self) -> dict[str, str]:
+        """Trial id -> experiment, from the plan ({} for a plan written before it named them)."""
+        try:
+            return {str(k): str(v) for k, v in json.loads(self.plan_path.read_text())["experiments"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}

@@ -113,15 +113,17 @@ class Progress:
             self.started_count -= 1  # its next start is the same trial's
             self._event(f"[retrying] {trial_id} after failure {failures} (from its last checkpoint, if it left one)")
 
-    def ended(self, trial_id: str, *, failed: bool, seconds: float | None = None,
+    def ended(self, trial_id: str, *, failed: bool, seconds: float | None = None, diverged: bool = False,
               resumed_at: int | None = None) -> None:
+        """A trial ended: failed, or done (finished, or diverged: it stopped early and says so)."""
         with self._lock:
             state = self.trials[trial_id]
             state.status = "failed" if failed else "done"
             state.seconds = seconds if seconds is not None and math.isfinite(seconds) else self.now() - state.started
             ended = self._count("done") + self._count("failed")
+            word = "diverged" if diverged else "finished"
             resumed = f", resumed at step {resumed_at}" if resumed_at else ""
-            what = f"FAILED   {trial_id}" if failed else f"finished {trial_id} ({state.seconds:.0f} s{resumed})"
+            what = f"FAILED   {trial_id}" if failed else f"{word} {trial_id} ({state.seconds:.0f} s{resumed})"
             self._event(f"[ended {ended}/{len(self.trials)}] {what}")
             if not self.live:
                 self._write([self.sweep_line()])

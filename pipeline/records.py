@@ -12,7 +12,9 @@ import pyarrow.parquet as pq
 
 from pipeline.atomic import atomic_write_bytes
 from pipeline.layout import ResultsLayout
-from pipeline.schemas import IDENTIFYING_COLUMNS, OUTPUT_TABLES, TRIAL_TABLES, TableSpec
+from pipeline.schemas import (
+    FINISHED, IDENTIFYING_COLUMNS, OUTPUT_TABLES, STATUS, TRIAL_COLUMNS, TRIAL_TABLES, TableSpec,
+)
 
 Records = Mapping[str, Sequence[Mapping[str, object]]]
 
@@ -85,12 +87,12 @@ def rows_to_table(
 
     ``table`` is a trial table's name or any TableSpec. With ``identifying=True`` the rows must
     carry every column of the schema; otherwise (experiment rows) exactly the schema's columns
-    less the identifying ones. A missing, unexpected, null (where not nullable) or mistyped
+    less the trial's own (identifying ones and its status). A missing, unexpected, null (where not nullable) or mistyped
     value raises a ValueError naming the table and the column.
     """
     spec = _spec(table, TRIAL_TABLES)
     schema = spec.schema
-    names = schema.names if identifying else [n for n in schema.names if n not in IDENTIFYING_COLUMNS]
+    names = schema.names if identifying else [n for n in schema.names if n not in TRIAL_COLUMNS]
     expected = set(names)
     columns: dict[str, list[object]] = {name: [] for name in names}
     for i, row in enumerate(rows):
@@ -144,14 +146,17 @@ def encode_table(spec: TableSpec, data: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def encode_trial_records(identity: Mapping[str, object], records: Records) -> dict[str, bytes]:
+def encode_trial_records(
+    identity: Mapping[str, object], records: Records, *, status: str = FINISHED
+) -> dict[str, bytes]:
     """A trial's records as Parquet bytes per table (what travels from a trial to the results store).
 
-    Rows carry only the experiment's own columns; the trial's identifying columns are added here.
+    Rows carry only the experiment's own columns; the trial's identifying columns and its status
+    (pipeline.schemas.STATUS) are added here.
     Every table is validated before any bytes exist, so bad rows leave no partial records. A table
     given with no rows is still encoded (empty), so the aggregate stage knows it ran.
     """
-    ident = identifying_values(identity)
+    ident = {**identifying_values(identity), "status": status}
     built: dict[str, bytes] = {}
     for table in sorted(records):
         if table not in TRIAL_TABLES:
@@ -174,14 +179,14 @@ def write_encoded_records(records_dir: str | os.PathLike[str], encoded: Mapping[
 
 
 def write_trial_records(
-    records_dir: str | os.PathLike[str], identity: Mapping[str, object], records: Records
+    records_dir: str | os.PathLike[str], identity: Mapping[str, object], records: Records, *, status: str = FINISHED
 ) -> list[Path]:
     """Write a trial's records to ``<records_dir>/<table>.parquet`` (encode_trial_records, then write)."""
-    return write_encoded_records(records_dir, encode_trial_records(identity, records))
+    return write_encoded_records(records_dir, encode_trial_records(identity, records, status=status))
 
 
 def _read_parquet(table: str, path: Path) -> pa.Table:
-    data = pq.ParquetFile(path).read()
+    data = _with_new_columns(pq.ParquetFile(path).read(), TRIAL_TABLES[table].schema)
     expected = TRIAL_TABLES[table].schema
     if data.schema.names != expected.names:
         raise ValueError(f"records file {path}: columns {data.schema.names} differ from the {table!r} schema")
@@ -191,14 +196,37 @@ def _read_parquet(table: str, path: Path) -> pa.Table:
         raise ValueError(f"records file {path}: does not match the {table!r} schema ({err})") from err
 
 
-def read_trial_records(layout: ResultsLayout) -> dict[str, pa.Table]:
-    """Every trial's records (pipeline.layout), concatenated per table.
+def _with_new_columns(data: pa.Table, expected: pa.Schema) -> pa.Table:
+    """Records written before a column existed: the status column as finished (nothing diverged
+    then), a nullable column as nulls, in the schema's order; anything else is left to fail."""
+    if data.schema.names == expected.names:
+        return data
+    names = set(data.schema.names)
+    added = {f.name for f in expected if f.name not in names and (f.nullable or f.name == STATUS[0].name)}
+    if not added or names | added != set(expected.names):
+        return data
+    columns = []
+    for f in expected:
+        if f.name in added:
+            fill = FINISHED if f.name == STATUS[0].name else None
+            columns.append(pa.array([fill] * data.num_rows, type=f.type))
+        else:
+            columns.append(data.column(f.name))
+    return pa.Table.from_arrays(columns, names=expected.names)
+
+
+def read_trial_records(layout: ResultsLayout, trial_ids: Iterable[str] | None = None) -> dict[str, pa.Table]:
+    """Every trial's records (pipeline.layout), concatenated per table; with ``trial_ids``, only those
+    trials' (the aggregate stage passes the trials with a done mark).
 
     Tables come back sorted by their key columns (trial first), so the result does not depend on
     the order in which trials finished. Only tables with at least one file appear.
     """
+    wanted = None if trial_ids is None else set(trial_ids)
     parts: dict[str, list[pa.Table]] = {}
     for path in layout.record_files():
+        if wanted is not None and path.parent.parent.name not in wanted:
+            continue
         table = path.stem
         if table not in TRIAL_TABLES:
             raise ValueError(f"records file {path}: unknown table {table!r}; trial tables are {list(TRIAL_TABLES)}")

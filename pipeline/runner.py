@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.config import ConfigError, SweepConfig, Trial
 from pipeline.layout import ResultsLayout
+from pipeline.preflight import check_writable
 from pipeline.tracking import Tracker, open_tracker
 
 
@@ -34,20 +33,6 @@ class SweepPlan:
         return len(self.trials) + len(self.done)
 
 
-def _check_writable(path: Path) -> None:
-    """The sweep directory can be created and written, checked without creating or touching it."""
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"results_dir: cannot create {path}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"results_dir: {probe} is not writable (needed for {path})")
-    trials = path / "trials"
-    if trials.exists() and not os.access(trials, os.W_OK | os.X_OK):
-        raise ConfigError(f"results_dir: {trials} is not writable")
-
-
 def plan_sweep(config: SweepConfig) -> SweepPlan:
     """Check the results directory and what earlier runs of this sweep left; no side effects.
 
@@ -55,16 +40,16 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     resumes); one with different settings would mix two configs in one sweep: ConfigError.
     """
     layout = config.layout
-    _check_writable(layout.sweep_dir)
+    check_writable(layout.sweep_dir)
     todo, done = [], []
     for trial in config.trials:
         mark = layout.done_mark(trial.trial_id)
         if not mark.is_file():
             todo.append(trial)
             continue
-        try:
-            earlier = json.loads(mark.read_text())
-        except (OSError, ValueError):
+        try:  # through the model: a setting added since (with its default) is not a different config
+            earlier = Trial.model_validate(json.loads(mark.read_text())).to_json()
+        except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
             earlier = None
         if earlier != trial.to_json():
             raise ConfigError(
@@ -82,7 +67,7 @@ class Sink(Protocol):
     def log(self, trial_id: str, points: list[tuple[int, dict[str, float]]]) -> None: ...
     def save_checkpoint(self, trial_id: str, payload: bytes) -> None: ...
     def load_checkpoint(self, trial_id: str) -> bytes | None: ...
-    def finish(self, trial: Trial, encoded: dict[str, bytes]) -> dict[str, Any]: ...
+    def finish(self, trial: Trial, encoded: dict[str, bytes], status: str = "finished") -> dict[str, Any]: ...
     def fail(self, trial_id: str, text: str) -> None: ...
 
 
@@ -153,10 +138,15 @@ def run_trial(
         phase("writing", trial.steps)
         seconds = time.perf_counter() - start
         host = socket.gethostname()
-        records["trials"] = [{"node_ip": node or host, "hostname": host, "seconds": seconds}]
-        encoded = encode_trial_records(trial.identity(), records)
+        # The training loop's outcome (pipeline.experiments.loop): finished, or diverged and where.
+        outcome = dict(records.pop("trials", [{}])[0])
+        status = outcome.pop("status", "finished")
+        records["trials"] = [{"node_ip": node or host, "hostname": host, "seconds": seconds,
+                              "diverged_step": outcome.get("diverged_step"),
+                              "diverged_loss": outcome.get("diverged_loss")}]
+        encoded = encode_trial_records(trial.identity(), records, status=status)
         flush()
-        tracked = sink.finish(trial, encoded)
+        tracked = sink.finish(trial, encoded, status)
     except BaseException:
         with contextlib.suppress(Exception):  # the experiment's error is the one to report
             flush()
@@ -164,6 +154,7 @@ def run_trial(
         raise
     return {
         "trial_seconds": time.perf_counter() - start,
+        "diverged": int(status == "diverged"),
         **tracked,
         **resumed,
         "rows": sum(len(rows) for rows in records.values()),

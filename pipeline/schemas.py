@@ -33,6 +33,11 @@ IDENTIFYING = _fields(
     ("clip_fraction", F64), ("clip_target", STR), ("lr", F64, True), ("seed", I64),
 )
 IDENTIFYING_COLUMNS: tuple[str, ...] = tuple(f.name for f in IDENTIFYING)
+# Beside the identity on every trial row: the trial's outcome, "finished" or "diverged" (its
+# training loss blew up: pipeline.experiments.loop; it has rows only from before that point).
+STATUS = _fields(("status", STR))
+TRIAL_COLUMNS: tuple[str, ...] = IDENTIFYING_COLUMNS + ("status",)
+FINISHED, DIVERGED = "finished", "diverged"
 _TRIAL_KEYS = ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "seed", "trial_id")
 
 # The experiment's own columns, exactly as the experiments emit them.
@@ -42,6 +47,15 @@ _EXPERIMENT_COLUMNS: dict[str, list[pa.Field]] = {
         ("probe_clip_target", STR), ("sharpness", F64), ("sharpness_raw", F64), ("robust", BOOL),
         # null when the sweep has no plain "sgd" probe to divide by
         ("ratio_to_sgd", F64, True), ("grad_correlation", F64), ("update_norm", F64),
+        # the paper's Eq. 4 value where it was taken: this probe's raw value is negative, or SGD's is
+        ("sharpness_shifted", F64, True),
+        # the paper's ratio: raw / raw; shifted / shifted where SGD's raw value is negative
+        ("ratio_to_sgd_paper", F64, True),
+    ),
+    # The share of SGD's sharpness carried by its top-k coordinates (pipeline.measure.topk).
+    "topk_share": _fields(
+        ("step", I64), ("probe", STR), ("topk_fraction", F64), ("n_masked", I64), ("sharpness", F64),
+        ("sharpness_masked", F64), ("sharpness_share", F64), ("norm_share", F64),
     ),
     "landscape": _fields(("step", I64), ("probe", STR), ("offset", F64), ("loss", F64), ("loss_change", F64)),
     "histogram": _fields(("step", I64), ("probe", STR), ("bin_lo", F64), ("bin_hi", F64), ("count", I64)),
@@ -53,15 +67,21 @@ _EXPERIMENT_COLUMNS: dict[str, list[pa.Field]] = {
     ),
     "smoothness": _fields(
         ("step", I64), ("L", F64), ("ell", F64), ("ratio", F64), ("fraction_removed", F64),
+        # the control: as many coordinates removed at random (seeded by control_seed)
+        ("ell_random", F64), ("ratio_random", F64),
         ("outlier_factor", F64), ("n_samples", I64),
+        ("gn_params", STR), ("n_params", I64), ("control_seed", I64),
     ),
-    # One row per finished trial: where it ran (Ray's node address) and how long it took.
-    "trials": _fields(("node_ip", STR), ("hostname", STR), ("seconds", F64)),
+    # One row per completed trial: where it ran (Ray's node address), how long it took, and for a
+    # diverged trial the point and the training loss at which it stopped.
+    "trials": _fields(("node_ip", STR), ("hostname", STR), ("seconds", F64), ("diverged_step", I64, True),
+                      ("diverged_loss", F64, True)),
 }
 _EXPERIMENT_KEYS = {
     "sharpness": ("step", "probe"),
     "landscape": ("step", "probe", "offset"),
     "histogram": ("step", "probe", "bin_lo"),
+    "topk_share": ("step", "probe", "topk_fraction"),
     "convergence": ("step",),
     "curvature": ("step",),
     "smoothness": ("step",),
@@ -69,7 +89,7 @@ _EXPERIMENT_KEYS = {
 }
 
 TRIAL_TABLES: dict[str, TableSpec] = {
-    name: TableSpec(name, pa.schema(IDENTIFYING + cols), _TRIAL_KEYS + _EXPERIMENT_KEYS[name])
+    name: TableSpec(name, pa.schema(IDENTIFYING + STATUS + cols), _TRIAL_KEYS + _EXPERIMENT_KEYS[name])
     for name, cols in _EXPERIMENT_COLUMNS.items()
 }
 
@@ -93,8 +113,11 @@ CONVERGENCE_SUMMARY = TableSpec(
     "convergence_summary",
     pa.schema(_GROUP + _fields(
         ("best_lr", F64, True),               # null: Adafactor's relative step won
-        ("n_lrs", I64), ("n_seeds", I64), ("final_window", I64), ("last_step", I64),
-        ("final_loss_mean", F64), ("final_loss_std", F64, True),   # std null with one seed
+        # finished, diverged (every seed at best_lr) or partly_diverged; n_diverged of n_seeds
+        ("status", STR), ("n_lrs", I64), ("n_seeds", I64), ("n_diverged", I64),
+        ("final_window", I64), ("last_step", I64),
+        # over the finished seeds; null when none finished; std null with one seed
+        ("final_loss_mean", F64, True), ("final_loss_std", F64, True),
         ("final_test_loss_mean", F64, True),
         ("target_loss", F64, True),           # the unclipped baseline's final_loss_mean
         ("steps_to_target", I64, True), ("baseline_steps_to_target", I64, True),
@@ -108,7 +131,10 @@ TABLE1_SHARPNESS_RATIO = TableSpec(
     pa.schema(_fields(
         ("sweep", STR), ("workload", STR), ("trajectory", STR), ("algorithm", STR), ("clip_fraction", F64),
         ("clip_target", STR), ("lr", F64, True), ("step", I64), ("probe", STR), ("seed", I64),
+        ("status", STR),  # the seed's trial: a diverged one is left out of ratio_mean and n_seeds
         ("ratio_to_sgd", F64, True), ("ratio_mean", F64, True), ("n_seeds", I64),
+        ("ratio_to_sgd_paper", F64, True), ("ratio_paper_mean", F64, True),
+        ("undecided", BOOL), ("n_undecided", I64),
     )),
     ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "step", "probe", "seed"),
 )
@@ -118,8 +144,10 @@ TABLE3_CONVERGENCE = TableSpec(
     pa.schema(_fields(
         ("sweep", STR), ("workload", STR), ("algorithm", STR),
         ("lr", F64, True), ("final_loss_mean", F64, True), ("final_loss_std", F64, True),
+        ("n_seeds", I64, True), ("n_diverged", I64, True),
         ("clip_fraction", F64, True), ("clip_target", STR, True), ("clip_lr", F64, True),
         ("clip_final_loss_mean", F64, True), ("clip_final_loss_std", F64, True),
+        ("clip_n_seeds", I64, True), ("clip_n_diverged", I64, True),
         ("steps_to_target", I64, True), ("clip_steps_to_target", I64, True),
         ("speedup", F64, True), ("loss_ratio", F64, True),
     )),
@@ -130,10 +158,13 @@ TABLE8_SMOOTHNESS = TableSpec(
     "table8_smoothness",
     pa.schema(_fields(
         ("sweep", STR), ("workload", STR), ("trajectory", STR), ("algorithm", STR), ("clip_fraction", F64),
-        ("clip_target", STR), ("lr", F64, True), ("outlier_factor", F64), ("step", I64), ("n_seeds", I64),
+        ("clip_target", STR), ("lr", F64, True), ("outlier_factor", F64), ("gn_params", STR),
+        ("control_seed", I64), ("step", I64), ("n_seeds", I64),
+        ("n_diverged", I64),  # seeds whose trial diverged: left out of the means and of n_seeds
         ("L", F64), ("ell", F64), ("ratio", F64), ("fraction_removed", F64),
+        ("ell_random", F64), ("ratio_random", F64),
     )),
-    ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "outlier_factor", "step"),
+    ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "outlier_factor", "gn_params", "step"),
 )
 
 # The paper's orderings claims checked per workload (pipeline/orderings.py).
@@ -141,8 +172,14 @@ ORDERINGS = TableSpec(
     "orderings",
     pa.schema(_fields(
         ("sweep", STR), ("workload", STR), ("claim", STR), ("trajectory", STR), ("lr", F64, True),
-        ("subject", STR), ("n_points", I64), ("measured", F64, True), ("fraction_holding", F64, True),
-        ("holds", BOOL, True), ("paper", BOOL, True), ("agrees", BOOL, True), ("detail", STR),
+        ("subject", STR), ("n_points", I64), ("n_undecided", I64),
+        ("measured", F64, True), ("measured_log10", F64, True),
+        ("control", F64, True),  # smoothness: median L / ell_random of the random-removal control
+        ("fraction_holding", F64, True), ("holds", BOOL, True),
+        # what the paper published for the same claim, probe, trajectory and workload
+        ("paper_value", F64, True), ("paper_log10", F64, True), ("paper_points", I64),
+        ("paper_fraction_holding", F64, True), ("paper", BOOL, True), ("paper_source", STR, True),
+        ("agrees", BOOL, True), ("verdict", STR), ("detail", STR),
     )),
     ("workload", "claim", "trajectory", "lr", "subject"),
 )

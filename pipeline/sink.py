@@ -66,10 +66,14 @@ class ResultsSink:
         except FileNotFoundError:
             return None
 
-    def finish(self, trial: Trial, encoded: Mapping[str, bytes]) -> dict[str, Any]:
-        """The trial's records land, then its done mark; returns the tracking cost."""
+    def finish(self, trial: Trial, encoded: Mapping[str, bytes], status: str = "finished") -> dict[str, Any]:
+        """The trial's records land, then its done mark; returns the tracking cost.
+
+        `status` is the trial's outcome (finished or diverged): a tag of its run, which ends
+        FINISHED either way (the trial ran to its end; what it found is the tag)."""
         paths = write_encoded_records(self.layout.records_dir(trial.trial_id), encoded)
         run = self._runs.pop(trial.trial_id)
+        run.set_tags({"status": status})
         run.log_artifacts(paths, "records")
         atomic_write_text(self.layout.done_mark(trial.trial_id), json.dumps(trial.to_json(), sort_keys=True, indent=1))
         self.layout.checkpoint_file(trial.trial_id).unlink(missing_ok=True)  # done: nothing to resume

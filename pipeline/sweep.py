@@ -27,9 +27,10 @@ from ray import tune
 
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from pipeline.config import SweepConfig, Trial
+from pipeline.config import ConfigError, SweepConfig, Trial
 from pipeline.labels import EXPERIMENT_TABLES
 from pipeline.layout import ResultsLayout
+from pipeline.preflight import check_cluster_resources
 from pipeline.progress import Progress
 from pipeline.runner import SweepPlan, run_trial
 from pipeline.sink import ResultsSink
@@ -73,8 +74,8 @@ class RemoteSink:
     def load_checkpoint(self, trial_id: str) -> bytes | None:
         return ray.get(self.actor.load_checkpoint.remote(trial_id))
 
-    def finish(self, trial: Trial, encoded: dict[str, bytes]) -> dict[str, Any]:
-        return ray.get(self.actor.finish.remote(trial, encoded))
+    def finish(self, trial: Trial, encoded: dict[str, bytes], status: str = "finished") -> dict[str, Any]:
+        return ray.get(self.actor.finish.remote(trial, encoded, status))
 
     def fail(self, trial_id: str, text: str) -> None:
         ray.get(self.actor.fail.remote(trial_id, text))
@@ -134,7 +135,7 @@ class _Progress(tune.Callback):
         if self.progress is not None:
             result = trial.last_result or {}
             self.progress.ended(trial.config["trial_id"], failed=False, seconds=result.get("trial_seconds"),
-                                resumed_at=result.get("resumed_at"))
+                                diverged=bool(result.get("diverged")), resumed_at=result.get("resumed_at"))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         if self.progress is not None:
@@ -188,7 +189,7 @@ def _ray_session(config: SweepConfig, *, verbose: bool = False, log_file: os.Pat
             if progress is not None:
                 progress.say("starting Ray locally" if local else f"connecting to Ray at {config.ray.address}")
             begin = time.monotonic()
-            with _stderr_to(quiet):
+            with _stderr_to(quiet), _refused_as_config_error(config.ray.address):
                 ray.init(
                     address=config.ray.address,
                     num_cpus=config.ray.num_cpus if local else None,
@@ -198,6 +199,8 @@ def _ray_session(config: SweepConfig, *, verbose: bool = False, log_file: os.Pat
                     configure_logging=True,
                     logging_level=logging.INFO if verbose else logging.WARNING,
                 )
+            if not local:  # a trial no node can hold would wait forever: say so now (ConfigError)
+                check_cluster_resources(config, ray.nodes())
             if progress is not None:
                 progress.say(f"Ray up in {time.monotonic() - begin:.0f} s; starting the trials' workers")
         elif progress is not None:
@@ -213,6 +216,16 @@ def _ray_session(config: SweepConfig, *, verbose: bool = False, log_file: os.Pat
                 logging.getLogger(name).setLevel(level)
 
 
+@contextlib.contextmanager
+def _refused_as_config_error(address: str | None) -> Iterator[None]:
+    """An address that answers but is no Ray (preflight only checks that it answers): one error line."""
+    try:
+        yield
+    except ConnectionError as err:
+        raise ConfigError(f"ray.address: no Ray cluster answers at {address} ({err}); expected the address "
+                          "of a running Ray head (host:port) or null for a local Ray") from None
+
+
 def run(plan: SweepPlan, *, log: Log = lambda line: None, verbose: bool = False) -> SweepOutcome:
     """Run the planned trials on Ray Tune; each sends its results to the sink on this node. Progress
     lines go to stdout (pipeline.progress); `verbose` keeps Ray's and Tune's own output."""
@@ -226,7 +239,7 @@ def run(plan: SweepPlan, *, log: Log = lambda line: None, verbose: bool = False)
             tags={"trials": str(len(plan.trials)), "sweep_dir": str(plan.layout.sweep_dir)},
         )
         outcome.sweep_run = sweep_run
-        plan.layout.write_plan([t.trial_id for t in config.trials])
+        plan.layout.write_plan([t.trial_id for t in config.trials], {t.trial_id: t.experiment for t in config.trials})
         plan.layout.ray_dir.mkdir(parents=True, exist_ok=True)
         status = "KILLED"  # unless the fit returns
         progress = Progress(config.name, {t.trial_id: t.steps for t in plan.trials}, done_earlier=len(plan.done))

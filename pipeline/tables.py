@@ -11,6 +11,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
 from pipeline.labels import SETTING_KEY, TRAJECTORY_KEY, optimizer_label
+from pipeline.schemas import DIVERGED, FINISHED
+
+PARTLY_DIVERGED = "partly_diverged"  # some of a setting's seeds diverged, not all
 
 Row = Mapping[str, object]
 
@@ -52,14 +55,28 @@ def group_rows(rows: Iterable[Row], keys: Sequence[str]) -> dict[tuple, list[Row
 
 # --- convergence -----------------------------------------------------------------------------
 
+def _diverged(run: Sequence[Row]) -> bool:
+    # Records from before the status column are finished runs (pipeline.records reads them so).
+    return any(r.get("status", FINISHED) == DIVERGED for r in run)
 
 
-def _final(losses: Sequence[float], window: int) -> float:
-    return mean(losses[-window:])
+def _final(run: Sequence[Row], window: int) -> float | None:
+    """Mean train loss over the run's last ``window`` logged steps after step 0 (a step-0 loss is
+    the untrained model's, never a final loss); None when the run logged nothing after step 0."""
+    losses = [float(r["train_loss"]) for r in run if int(r["step"]) > 0]
+    return mean(losses[-window:]) if losses else None
+
+
+def _final_test(run: Sequence[Row]) -> float | None:
+    """The run's last evaluated test loss after step 0 (None when it was evaluated only at step 0)."""
+    return next((float(r["test_loss"]) for r in reversed(run) if r["test_loss"] is not None and int(r["step"]) > 0),
+                None)
 
 
 def _mean_curve(runs: Sequence[Sequence[Row]]) -> list[tuple[int, float]]:
     """Mean train loss over seeds at the steps that every seed logged."""
+    if not runs:
+        return []
     common = set.intersection(*({int(r["step"]) for r in run} for run in runs))
     by_step: dict[int, list[float]] = defaultdict(list)
     for run in runs:
@@ -79,25 +96,37 @@ def steps_to_reach(curve: Sequence[tuple[int, float]], target: float, window: in
     return None
 
 
+def _status(n_diverged: int, n_runs: int) -> str:
+    return FINISHED if n_diverged == 0 else DIVERGED if n_diverged == n_runs else PARTLY_DIVERGED
+
+
 def _lr_result(runs: Sequence[Sequence[Row]], window: int) -> dict[str, object]:
-    finals = [_final([float(r["train_loss"]) for r in run], window) for run in runs]
-    tests = [next((float(r["test_loss"]) for r in reversed(run) if r["test_loss"] is not None), None) for run in runs]
-    tests = [t for t in tests if t is not None]
+    """One learning rate's runs over seeds: final losses from the finished runs only (a diverged
+    run has no final loss), the mean curve of the finished runs, how many diverged."""
+    finished = [run for run in runs if not _diverged(run)]
+    finals = [f for f in (_final(run, window) for run in finished) if f is not None]
+    tests = [t for t in (_final_test(run) for run in finished) if t is not None]
+    n_diverged = len(runs) - len(finished)
     return {
-        "final_loss_mean": mean(finals),
+        "final_loss_mean": mean(finals) if finals else None,
         "final_loss_std": sample_std(finals),
         "final_test_loss_mean": mean(tests) if tests else None,
         "n_seeds": len(runs),
-        "last_step": max(int(run[-1]["step"]) for run in runs),
-        "curve": _mean_curve(runs),
+        "n_diverged": n_diverged,
+        "status": _status(n_diverged, len(runs)),
+        "last_step": max(int(run[-1]["step"]) for run in (finished or runs)),
+        "curve": _mean_curve(finished),
     }
 
 
 def convergence_summary(rows: Iterable[Row], *, final_window: int = FINAL_WINDOW) -> list[dict[str, object]]:
     """Per workload x algorithm x clip setting: best lr, final loss over seeds, speed-up from clipping.
 
-    best lr: the lr with the lowest mean over seeds of the final train loss (NaN counts as +inf;
-    ties go to the smaller lr). speedup (clipped rows only): steps the unclipped run of the same
+    best lr: among the learning rates at which no seed diverged (when there is one), the lr with
+    the lowest mean over seeds of the final train loss (NaN counts as +inf; ties go to the smaller
+    lr); a diverged run has no final loss, and a step-0 loss is never one. `status` says whether
+    the runs at that lr finished, all diverged or partly diverged (`n_diverged` of `n_seeds`).
+    speedup (clipped rows only): steps the unclipped run of the same
     algorithm (at its best lr) needs to reach its own final loss, divided by the steps the clipped
     run (at its best lr) needs to reach that same loss; both read off the seed-mean loss curve
     smoothed with the same trailing window. > 1 means clipping converges faster; null when the
@@ -112,7 +141,8 @@ def convergence_summary(rows: Iterable[Row], *, final_window: int = FINAL_WINDOW
         for (lr,), lr_rows in by_lr.items():
             runs = [sorted(run, key=lambda r: r["step"]) for run in group_rows(lr_rows, ("trial_id",)).values()]
             results[lr] = _lr_result(runs, final_window)
-        ranked = sorted(results, key=lambda lr: (_nan_last(results[lr]["final_loss_mean"]), _lr_key(lr)))
+        ranked = sorted(results, key=lambda lr: (results[lr]["n_diverged"] > 0,
+                                                 _nan_last(results[lr]["final_loss_mean"]), _lr_key(lr)))
         best[key] = {"best_lr": ranked[0], "n_lrs": len(results), **results[ranked[0]]}
     out = []
     for key, res in best.items():
@@ -120,14 +150,15 @@ def convergence_summary(rows: Iterable[Row], *, final_window: int = FINAL_WINDOW
         row = {
             "sweep": sweep, "workload": workload, "algorithm": algorithm,
             "clip_fraction": clip_fraction, "clip_target": clip_target, "best_lr": res["best_lr"],
-            "n_lrs": res["n_lrs"], "n_seeds": res["n_seeds"], "final_window": final_window,
+            "status": res["status"], "n_lrs": res["n_lrs"], "n_seeds": res["n_seeds"],
+            "n_diverged": res["n_diverged"], "final_window": final_window,
             "last_step": res["last_step"], "final_loss_mean": res["final_loss_mean"],
             "final_loss_std": res["final_loss_std"], "final_test_loss_mean": res["final_test_loss_mean"],
             "target_loss": None, "steps_to_target": None, "baseline_steps_to_target": None,
             "speedup": None, "loss_ratio": None,
         }
         base = _baseline(best, key) if clip_fraction != 0 else None
-        if base is not None:
+        if base is not None and base["final_loss_mean"] is not None:
             target = float(base["final_loss_mean"])
             clipped_steps = steps_to_reach(res["curve"], target, final_window)
             base_steps = steps_to_reach(base["curve"], target, final_window)
@@ -136,7 +167,8 @@ def convergence_summary(rows: Iterable[Row], *, final_window: int = FINAL_WINDOW
             row["baseline_steps_to_target"] = base_steps
             if clipped_steps and base_steps is not None:
                 row["speedup"] = base_steps / clipped_steps
-            row["loss_ratio"] = float(res["final_loss_mean"]) / target if target != 0 else None
+            if res["final_loss_mean"] is not None and target != 0:
+                row["loss_ratio"] = float(res["final_loss_mean"]) / target
         out.append(row)
     return out
 
@@ -168,11 +200,15 @@ def table3_convergence(summary: Sequence[Row]) -> list[dict[str, object]]:
                 "lr": base["best_lr"] if base else None,
                 "final_loss_mean": base["final_loss_mean"] if base else None,
                 "final_loss_std": base["final_loss_std"] if base else None,
+                "n_seeds": base["n_seeds"] if base else None,
+                "n_diverged": base["n_diverged"] if base else None,
                 "clip_fraction": clip["clip_fraction"] if clip else None,
                 "clip_target": clip["clip_target"] if clip else None,
                 "clip_lr": clip["best_lr"] if clip else None,
                 "clip_final_loss_mean": clip["final_loss_mean"] if clip else None,
                 "clip_final_loss_std": clip["final_loss_std"] if clip else None,
+                "clip_n_seeds": clip["n_seeds"] if clip else None,
+                "clip_n_diverged": clip["n_diverged"] if clip else None,
                 "steps_to_target": clip["baseline_steps_to_target"] if clip else None,
                 "clip_steps_to_target": clip["steps_to_target"] if clip else None,
                 "speedup": clip["speedup"] if clip else None,
@@ -186,34 +222,60 @@ def table3_convergence(summary: Sequence[Row]) -> list[dict[str, object]]:
 def table1_sharpness_ratio(rows: Iterable[Row]) -> list[dict[str, object]]:
     """Paper Tables 1, 4-7: per trajectory, step and probe, each seed's ratio to SGD and their mean.
 
-    ratio_mean averages the seeds whose ratio is not null; n_seeds counts those seeds.
+    Two ratios: ours (``ratio_to_sgd``: each probe's robust-or-raw value over SGD's) and the
+    paper's (``ratio_to_sgd_paper``: raw over raw, Eq. 4 values only where SGD's raw value is
+    negative). ratio_mean / ratio_paper_mean average the seeds whose ratio is not null and whose
+    trial did not diverge (its rows stay, with their status); n_seeds counts those of ours.
+    ``undecided``: the probe's or SGD's sharpness is negative even after the robust step, so
+    "flatter than SGD" cannot be read off the ratio; n_undecided counts such seeds.
     """
+    rows = list(rows)
+    sgd = {(r["trial_id"], r["step"]): float(r["sharpness"]) for r in rows if r["probe"] == "sgd"}
     out = []
     for group in group_rows(rows, TRAJECTORY_KEY + ("step", "probe")).values():
-        ratios = [float(r["ratio_to_sgd"]) for r in group if r["ratio_to_sgd"] is not None]
-        ratio_mean = mean(ratios) if ratios else None
+        live = [r for r in group if r.get("status", FINISHED) != DIVERGED]
+        ratios = [float(r["ratio_to_sgd"]) for r in live if r["ratio_to_sgd"] is not None]
+        papers = [float(r["ratio_to_sgd_paper"]) for r in live if r.get("ratio_to_sgd_paper") is not None]
+        undecided = {id(r): _undecided(r, sgd.get((r["trial_id"], r["step"]))) for r in group}
         for r in group:
             out.append({
                 **{k: r[k] for k in TRAJECTORY_KEY + ("step", "probe", "seed", "ratio_to_sgd")},
+                "status": r.get("status", FINISHED),
                 "trajectory": optimizer_label(r["algorithm"], r["clip_fraction"], r["clip_target"]),
-                "ratio_mean": ratio_mean, "n_seeds": len(ratios),
+                "ratio_mean": mean(ratios) if ratios else None, "n_seeds": len(ratios),
+                "ratio_to_sgd_paper": r.get("ratio_to_sgd_paper"),
+                "ratio_paper_mean": mean(papers) if papers else None,
+                "undecided": undecided[id(r)], "n_undecided": sum(undecided[id(x)] for x in live),
             })
     return out
+
+
+def _undecided(row: Row, sgd: float | None) -> bool:
+    # Negative after the robust step: the sign, not the size, decides such a ratio.
+    return float(row["sharpness"]) < 0 or (sgd is not None and sgd < 0)
 
 
 def table8_smoothness(rows: Iterable[Row]) -> list[dict[str, object]]:
     """Paper Table 8: per trajectory and measurement point, L, ell, L/ell and eps, mean over seeds.
 
-    ``ratio`` is the mean of each seed's L/ell (not the ratio of the means).
+    ``ratio`` is the mean of each seed's L/ell (not the ratio of the means), ``ratio_random``
+    likewise for the random-removal control; ``gn_params`` names the coordinates measured. Seeds
+    whose trial diverged are left out (counted in n_diverged); a point where every seed diverged
+    has no row.
     """
     out = []
-    for group in group_rows(rows, TRAJECTORY_KEY + ("outlier_factor", "step")).values():
+    keys = TRAJECTORY_KEY + ("outlier_factor", "gn_params", "control_seed", "step")
+    columns = ("L", "ell", "ratio", "fraction_removed", "ell_random", "ratio_random")
+    for everyone in group_rows(rows, keys).values():
+        group = [r for r in everyone if r.get("status", FINISHED) != DIVERGED]
+        if not group:
+            continue
         first = group[0]
         out.append({
-            **{k: first[k] for k in TRAJECTORY_KEY + ("outlier_factor", "step")},
+            **{k: first[k] for k in keys},
             "trajectory": optimizer_label(first["algorithm"], first["clip_fraction"], first["clip_target"]),
-            "n_seeds": len(group),
-            **{col: mean([float(r[col]) for r in group]) for col in ("L", "ell", "ratio", "fraction_removed")},
+            "n_seeds": len(group), "n_diverged": len(everyone) - len(group),
+            **{col: mean([float(r[col]) for r in group]) for col in columns},
         })
     return out
 

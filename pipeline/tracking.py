@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from pipeline.redact import mask_uri
 from pipeline.tracking_view import experiment_tags, report_artifacts, run_name, trial_tags, view_path
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class TrialRun(Protocol):
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
     def log_artifacts(self, paths: Iterable[Path], artifact_path: str) -> None: ...
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
 
@@ -150,9 +152,10 @@ def artifact_location(uri: str, name: str) -> str | None:
 
 def browse_hint(uri: str) -> str:
     """The command (or address) that shows the runs of this store."""
+    shown = mask_uri(uri)  # printed and kept in logs: no credentials
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {shown} in a browser"
+    return f"mlflow ui --backend-store-uri {shown}"
 
 
 def retry_locked(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -195,7 +198,7 @@ def start_sweep(uri: str, name: str, *, tags: Mapping[str, str], description: st
         run = retry_locked(mlflow.create_run, experiment_id, run_name=name, tags=run_tags)
     except Exception as err:
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise TrackingError(f"tracking_uri: cannot use {uri}: {first}") from err
+        raise TrackingError(f"tracking_uri: cannot use {mask_uri(uri)}: {first}") from err
     return MlflowSweepRun(uri, experiment_id, run.info.run_id)
 
 
@@ -286,6 +289,11 @@ class MlflowTrialRun:
     def log_artifacts(self, paths: Iterable[Path], artifact_path: str) -> None:
         for path in paths:
             self._timed(self._client.log_artifact, self.run_id, os.fspath(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Tags set once the trial has run (its outcome: `status` finished or diverged)."""
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._timed(self._client.log_batch, self.run_id, tags=batch)
 
     def end(self, status: str = "FINISHED") -> None:
         for key, (step, value) in self._stride.leftovers().items():

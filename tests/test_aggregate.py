@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -26,9 +27,11 @@ def trial(experiment, algorithm, clip, lr, seed, target="grad", workload="causal
     })
 
 
-def write(sweep_dir, t, records):
-    """A trial's records where the sweep's layout puts them."""
-    write_trial_records(ResultsLayout(sweep_dir).records_dir(t.trial_id), t.identity(), records)
+def write(sweep_dir, t, records, status="finished"):
+    """A trial's records where the sweep's layout puts them, then its done mark (as the sink does)."""
+    layout = ResultsLayout(sweep_dir)
+    write_trial_records(layout.records_dir(t.trial_id), t.identity(), records, status=status)
+    layout.done_mark(t.trial_id).write_text(json.dumps(t.to_json()))
 
 
 # Convergence curves, logged every 10 steps (10 points). The final loss is the mean of the last 5.
@@ -74,6 +77,8 @@ def write_sharpness(sweep_dir, with_landscape=True):
                     "sharpness": s, "sharpness_raw": -s if probe == "adam_clip0.5" else s,
                     "robust": probe == "adam_clip0.5", "ratio_to_sgd": s / values[0],
                     "grad_correlation": 0.1, "update_norm": 1.0,
+                    "sharpness_shifted": s if probe == "adam_clip0.5" else None,
+                    "ratio_to_sgd_paper": (-s if probe == "adam_clip0.5" else s) / values[0],
                 })
                 land += [{"step": step, "probe": probe, "offset": o, "loss": 3.0 + o * s, "loss_change": o * s}
                          for o in (-1.0, 0.0, 1.0)]
@@ -96,7 +101,9 @@ def write_smoothness(sweep_dir):
     for seed, by_step in SMOOTH.items():
         t = trial("smoothness", "adam", 0.0, 0.001, seed, workload="classification")
         rows = [{"step": step, "L": L, "ell": ell, "ratio": L / ell, "fraction_removed": eps,
-                 "outlier_factor": 4.0, "n_samples": 16} for step, (L, ell, eps) in by_step.items()]
+                 "ell_random": 0.9 * L, "ratio_random": 1 / 0.9, "outlier_factor": 4.0, "n_samples": 16,
+                 "gn_params": "attention", "n_params": 1000, "control_seed": 0}
+                for step, (L, ell, eps) in by_step.items()]
         write(sweep_dir, t, {"smoothness": rows})
 
 
@@ -116,7 +123,7 @@ def table(sweep_dir, name):
 
 def test_writes_every_table(sweep):
     sweep_dir, written = sweep
-    expected = {"sharpness", "landscape", "histogram", "convergence", "convergence_summary", "curvature",
+    expected = {"sharpness", "landscape", "histogram", "topk_share", "convergence", "convergence_summary", "curvature",
                 "smoothness", "table1_sharpness_ratio", "table3_convergence", "table8_smoothness", "orderings",
                 "trials"}
     assert set(written) == expected

@@ -135,6 +135,7 @@ def test_an_earlier_sweep_with_another_config_is_left_alone(tmp_path, capsys, ea
 @pytest.mark.parametrize("argv, needle", [
     ([], "usage: python -m pipeline"),
     (["sweep"], "error: sweep: expected a config file"),
+    (["plan"], "error: plan: expected a config file"),
     (["train", "x"], "error: unknown command 'train'; allowed: sweep, aggregate, setup"),
     (["aggregate", "no/such/dir"], "error: RESULTS_DIR: no/such/dir does not exist"),
     (["setup", "--only", "nothing"], "error: "),
@@ -168,7 +169,8 @@ def test_the_cluster_job_joins_the_running_ray_unless_told_otherwise(monkeypatch
     with pytest.raises(SystemExit) as info:
         runpy.run_path(str(ROOT / "jobs" / "sweep.py"), run_name="__main__")
     assert info.value.code == 0
-    assert seen == [["sweep", "conf/paper.yaml", "ray.address=auto", "ray.max_concurrent_trials=4"]]
+    paper = str((ROOT / "conf" / "paper.yaml").resolve())  # an existing config: made absolute for the job
+    assert seen == [["sweep", paper, "ray.address=auto", "ray.max_concurrent_trials=4"]]
     assert load_config(SMOKE, ["ray.address=auto"]).ray.address == "auto"
     assert load_config(SMOKE, ["ray.address=auto", "ray.address=null"]).ray.address is None  # later wins
 

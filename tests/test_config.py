@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "conf").rglob("*.yaml"))
 SMOKE = ROOT / "conf" / "smoke.yaml"
 TRIAL_KEYS = {"sweep", "trial_id", "experiment", "label", "workload", "algorithm", "clip_fraction", "clip_target",
-              "lr", "hparams", "seed", "steps", "device", "measure", "eval_every"}
+              "lr", "hparams", "seed", "steps", "device", "measure", "eval_every", "divergence_factor"}
 
 
 def smoke_raw() -> dict:
@@ -211,6 +211,8 @@ def test_registry_names_are_checked_and_the_allowed_ones_listed():
     ("experiments.0.workload.size", "huge", "experiments.0.workload.size: "),
     ("experiments.0.workload.batch_size", 0, "experiments.0.workload.batch_size: "),  # the workload's own check
     ("experiments.0.measure.every", 2, "experiments.0.measure: give `at` or `every`, not both"),
+    ("experiments.0.measure.gn_params", "(", "experiments.0.measure.gn_params: expected attention, all or a regular"),
+    ("experiments.0.measure.share_fractions", [0.0], "experiments.0.measure.share_fractions.0: Input should be"),
     ("device", "cuda", "device: 'cuda' needs resources_per_trial.gpu > 0"),
     ("name", "a/b", "name: 'a/b' must be a filesystem-safe word"),
     ("experiments.0.experiment", "smoothness", "experiments.0.workload.name: smoothness needs a two-class classifier"),

@@ -34,6 +34,7 @@ def sharp_row(step: int = 0, probe: str = "sgd", **changes) -> dict:
         "step": step, "probe": probe, "probe_algorithm": "sgd", "probe_clip_fraction": 0.0,
         "probe_clip_target": "grad", "sharpness": 2.0, "sharpness_raw": 2.0, "robust": False,
         "ratio_to_sgd": 1.0, "grad_correlation": 0.5, "update_norm": 1.25,
+        "sharpness_shifted": None, "ratio_to_sgd_paper": 1.0,
     }
     row.update(changes)
     return row
@@ -44,8 +45,9 @@ def test_round_trip_adds_identifying_columns(tmp_path):
     paths = records.write_trial_records(layout.records_dir("t"), TRIAL.identity(), {"convergence": conv_rows()})
     assert paths == [tmp_path / "trials" / "t" / "records" / "convergence.parquet"]
     df = pd.read_parquet(paths[0])
-    assert list(df.columns) == list(IDENTIFYING_COLUMNS) + ["step", "train_loss", "test_loss"]
+    assert list(df.columns) == list(IDENTIFYING_COLUMNS) + ["status", "step", "train_loss", "test_loss"]
     assert (df["workload"] == "causal_lm").all() and (df["seed"] == 3).all()
+    assert (df["status"] == "finished").all()  # the default: a trial that ran to its last step
     assert df["lr"].isna().all()  # Adafactor's relative step stays null, not 0
     assert df["train_loss"].tolist() == [5.0, 4.0, 3.0, 2.0]
     assert df["test_loss"].isna().tolist() == [False, True, False, True]

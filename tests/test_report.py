@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -23,9 +24,11 @@ def trial(experiment, algorithm, seed, *, clip=0.0, lr=0.1, workload="translatio
     })
 
 
-def write(sweep_dir, t, records):
-    """A trial's records where the sweep's layout puts them."""
-    write_trial_records(ResultsLayout(sweep_dir).records_dir(t.trial_id), t.identity(), records)
+def write(sweep_dir, t, records, status="finished"):
+    """A trial's records where the sweep's layout puts them, then its done mark (as the sink does)."""
+    layout = ResultsLayout(sweep_dir)
+    write_trial_records(layout.records_dir(t.trial_id), t.identity(), records, status=status)
+    layout.done_mark(t.trial_id).write_text(json.dumps(t.to_json()))
 
 
 def aggregate_and_report(sweep_dir):
@@ -42,7 +45,8 @@ def write_sharpness(sweep_dir, seed):
         for probe, s in (("sgd", 8.0), ("adam", 0.8 * (seed + 1))):
             sharp.append({"step": step, "probe": probe, "probe_algorithm": probe, "probe_clip_fraction": 0.0,
                           "probe_clip_target": "grad", "sharpness": s, "sharpness_raw": s, "robust": False,
-                          "ratio_to_sgd": s / 8.0, "grad_correlation": 0.2, "update_norm": 1.0})
+                          "ratio_to_sgd": s / 8.0, "grad_correlation": 0.2, "update_norm": 1.0,
+                          "sharpness_shifted": None, "ratio_to_sgd_paper": s / 8.0})
             land += [{"step": step, "probe": probe, "offset": o, "loss": 2 + s * o * o, "loss_change": s * o * o}
                      for o in (-0.5, 0.0, 0.5)]
             hist += [{"step": step, "probe": probe, "bin_lo": lo, "bin_hi": lo + 2.0, "count": 5 + int(lo)}
@@ -50,8 +54,12 @@ def write_sharpness(sweep_dir, seed):
         curv.append({"step": step, "top_eigenvalue": 16.0, "lanczos_iters": 12, "lanczos_tol": 1e-3,
                      "lanczos_converged": True, "hutchinson_samples": 4, "rank_corr_all": 0.25,
                      "rank_corr_topk": 0.5, "topk_fraction": 0.1})
+    share = [{"step": step, "probe": "sgd", "topk_fraction": 0.01, "n_masked": 3, "sharpness": 8.0,
+              "sharpness_masked": 1.0 + seed, "sharpness_share": 0.9 - 0.1 * seed, "norm_share": 0.5}
+             for step in (0, 50)]
     t = trial("sharpness", "sgd", seed)
-    write(sweep_dir, t, {"sharpness": sharp, "landscape": land, "histogram": hist, "curvature": curv})
+    write(sweep_dir, t, {"sharpness": sharp, "landscape": land, "histogram": hist, "curvature": curv,
+                         "topk_share": share})
 
 
 def write_convergence(sweep_dir):
@@ -65,7 +73,8 @@ def write_convergence(sweep_dir):
 def write_smoothness(sweep_dir):
     t = trial("smoothness", "adam", 0, lr=0.001, workload="classification")
     rows = [{"step": s, "L": 9.0, "ell": 3.0, "ratio": 3.0, "fraction_removed": 0.01, "outlier_factor": 2.0,
-             "n_samples": 8} for s in (0, 5)]
+             "ell_random": 8.5, "ratio_random": 9.0 / 8.5, "n_samples": 8, "gn_params": "attention",
+             "n_params": 500, "control_seed": 0} for s in (0, 5)]
     write(sweep_dir, t, {"smoothness": rows})
 
 
@@ -117,18 +126,32 @@ def test_report_shows_the_numbers(full):
     # Table 3: finals 20-1*{3..7} mean 15 (+seed) -> 15, 16 (mean 15.5); clipped 10, 11 (10.5)
     assert "| sgd | 0.1 | 15.5 +- 0.7071 | sgd_clip0.1 | 0.1 | 10.5 +- 0.7071 |" in text
     # Table 8 row and curvature ratio sgd: 8 / 16
-    assert "| adam | 0.001 | 2 | 0 | 1 | 9 | 3 | 3 | 0.01 |" in text
+    assert "| adam | 0.001 | attention | 2 | 0 | 0 | 1 | 0 | 9 | 3 | 3 | 0.01 | 1.059 |" in text
+    # ... and the paper's Table 8 beside it
+    assert "The paper's Table 8 (trajectory adam; L and ell not divided by n):" in text
+    assert "| 9 | 8046 | 3471 | 2.32 | 0.0226 |" in text
     assert "| 0 | 16 | 2/2 | 0.25 | 0.5 | 0.075 | 0.5 |" in text
-    assert "7 trials (convergence: 4, sharpness: 2, smoothness: 1)" in text
+    assert ("Trials 7 planned: 7 finished, 0 diverged, 0 failed, 0 missing "
+            "(by experiment, with records: convergence: 4, sharpness: 2, smoothness: 1)") in text
     # Orderings: adam at step 50 (step 0 left out) has ratio 0.15 < 1 on a transformer; Table 8's
     # L/ell 3 with eps 1% at step 5.
-    assert "### translation: 1 of 1 checks agree with the paper" in text
+    assert "### translation: 1 held" in text and "### classification: 1 held" in text
     # At a glance: one column per workload, the median over steps > 0 of the seed means.
     glance = text.split("## Sharpness ratio to SGD at a glance")[1].split("\n## ")[0]
     assert "### trajectory sgd (lr: translation 0.1)" in glance
-    assert "| probe | translation |" in glance and "| sgd | 1 |\n| adam | 0.15 |" in glance
-    assert "| adaptive flatter than SGD | sgd | 0.1 | adam | 1 | 0.15 | 1 | yes | yes | yes |" in text
-    assert "| L/ell > 1, few % removed | adam | 0.001 | factor 2 | 1 | 3 | 1 | yes | yes | yes |" in text
+    assert "| probe | translation | paper translation (Table 4 (mean)) |" in glance
+    assert "| sgd | 1 | 1 |\n| adam | 0.15 | 0.00931 |" in glance  # Table 4: median of the 4 epochs' means
+    # The claims: ours beside the paper's published value, log10 of both, the verdict.
+    assert ("| adaptive flatter than SGD | sgd | 0.1 | adam | 1 | 0 | 0.15 | -0.8239 | - | 0.00931 | -2.031 "
+            "| Table 4 (mean) | 1 | 1 | held |") in text
+    assert ("| few coordinates carry the bad smoothness | adam | 0.001 | factor 2, attention | 1 | 0 | 3 | 0.4771 "
+            "| 1.059 | 2.355 | 0.372 | Table 8 | 1 | 1 | held |") in text
+    # Both ratios per step: ours (seeds, mean), the paper's definition, undecided seeds.
+    assert "| step | probe | seed 0 | seed 1 | mean | paper ratio | undecided |" in text
+    assert "No raw sharpness was negative" in text
+    # The top-k share of SGD's sharpness: means over the two seeds.
+    assert "| step | k | n masked | sharpness | masked | share | norm share |" in text
+    assert "| 50 | 0.01 | 3 | 8 | 1.5 | 0.85 | 0.5 |" in text
 
 
 def test_report_is_reproducible(full):
@@ -149,3 +172,15 @@ def test_only_convergence_trials(tmp_path):
     text = written["report"].read_text()
     assert _links(text) == ["figures/loss_translation.png"]
     assert "Table 3" in text and "Table 8" not in text and "Tables 1, 4-7" not in text
+
+
+def test_a_negative_robust_value_is_stated():
+    from pipeline.report import _negative_robust
+
+    base = {"workload": "causal_lm", "algorithm": "adam", "clip_fraction": 0.0, "clip_target": "grad", "step": 40}
+    rows = [dict(base, probe="adafactor", robust=True, sharpness=-2e-3),
+            dict(base, probe="lion", robust=True, sharpness=1e-3), dict(base, probe="sgd", robust=False, sharpness=1.0)]
+    text = "".join(_negative_robust(rows))
+    assert "2 measured values were negative" in text
+    assert "itself negative at 1 point(s) (causal_lm trajectory adam step 40 adafactor;" in text
+    assert "every robust value is positive" in "".join(_negative_robust(rows[1:]))

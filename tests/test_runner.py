@@ -46,7 +46,7 @@ class DiesAfterCheckpoint:
         if self.left == 0:
             raise Died
 
-    def finish(self, trial, encoded):
+    def finish(self, trial, encoded, status="finished"):
         raise AssertionError("a dead trial cannot finish")
 
     def fail(self, trial_id, text):

@@ -22,6 +22,9 @@ class FakeRun:
     def log(self, step, metrics):
         self.log_.append(("log", step))
 
+    def set_tags(self, tags):
+        self.log_.append(("tags", dict(tags)))
+
     def log_artifacts(self, paths, artifact_path):
         self.log_.append(("artifacts", sorted(p.name for p in paths)))
 
@@ -49,7 +52,8 @@ def test_finish_writes_records_then_the_done_mark_and_ends_the_run(tmp_path):
     sink.finish(TRIAL, encode_trial_records(TRIAL.identity(), rows))
     assert layout.done_mark(TRIAL.trial_id).is_file()
     assert (layout.records_dir(TRIAL.trial_id) / "convergence.parquet").is_file()
-    assert tracker.events[TRIAL.trial_id] == [("log", 0), ("artifacts", ["convergence.parquet"]), ("end", "FINISHED")]
+    assert tracker.events[TRIAL.trial_id] == [("log", 0), ("tags", {"status": "finished"}),
+                                              ("artifacts", ["convergence.parquet"]), ("end", "FINISHED")]
     assert sink.end_open("FAILED") == []
 
 

@@ -2,7 +2,8 @@
 
 A checkpoint taken after the update of step s holds what point s + 1 starts from: the weights
 (the model's state dict, buffers included), the training optimizer's rule state, the hook's state
-(the probe bank, its generator, the records so far), every RNG the loop draws from (torch CPU and
+(the probe bank, its generator, the records so far), the loop's own state (the step-0 loss that
+the divergence check compares with), every RNG the loop draws from (torch CPU and
 CUDA, Python, NumPy) and the next step, which is also the data stream's position (one minibatch
 per point before it). Resuming from it gives the records an uninterrupted run gives, to the bit
 on a deterministic device. Where the bytes are kept is the caller's business (pipeline.runner:
@@ -22,7 +23,7 @@ import torch
 
 from pipeline.config import Trial
 
-FORMAT = 1  # bumped when the contents change: an older checkpoint is then ignored, not misread
+FORMAT = 2  # bumped when the contents change: an older checkpoint is then ignored, not misread
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,9 @@ def to_device(tree: Any, device: torch.device) -> Any:
 
 
 def capture(trial: Trial, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            hook: Any) -> bytes:
-    """The state to resume at point `step` (the update of step - 1 done), serialised."""
+            hook: Any, loop: dict[str, Any] | None = None) -> bytes:
+    """The state to resume at point `step` (the update of step - 1 done), serialised; `loop` is
+    the training loop's own state (plain values: pipeline.experiments.loop's divergence reference)."""
     state = {
         "format": FORMAT,
         "trial": trial.to_json(),
@@ -89,6 +91,7 @@ def capture(trial: Trial, step: int, model: torch.nn.Module, optimizer: torch.op
         "optimizer": optimizer.state_dict(),
         "rule_state": getattr(optimizer, "rule_state", None),
         "hook": hook.state_dict(),
+        "loop": dict(loop or {}),
         "rng": _rng_state(),
     }
     buffer = io.BytesIO()
@@ -97,9 +100,10 @@ def capture(trial: Trial, step: int, model: torch.nn.Module, optimizer: torch.op
 
 
 def restore(payload: bytes | None, trial: Trial, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            hook: Any, device: torch.device) -> int:
-    """Loads a checkpoint of this very trial into the live objects; returns the step to resume at
-    (0 when there is none, or it is of other settings or an older format: the trial starts over)."""
+            hook: Any, device: torch.device, loop: dict[str, Any] | None = None) -> int:
+    """Loads a checkpoint of this very trial into the live objects (and its loop state into `loop`);
+    returns the step to resume at (0 when there is none, or it is of other settings or an older
+    format: the trial starts over)."""
     if not payload:
         return 0
     # On the CPU first: the RNG states must stay there; tensors move to `device` where they live.
@@ -111,5 +115,7 @@ def restore(payload: bytes | None, trial: Trial, model: torch.nn.Module, optimiz
     if state["rule_state"] is not None:
         optimizer.rule_state = to_device(state["rule_state"], device)
     hook.load_state_dict(state["hook"], device)
+    if loop is not None:
+        loop.update(state["loop"])
     _set_rng_state(state["rng"])
     return int(state["step"])

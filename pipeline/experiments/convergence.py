@@ -14,8 +14,9 @@ from pipeline.workloads import Workload
 class ConvergenceHook:
     """The train loss at every update step, the test loss every `eval_every` (and at the last).
 
-    A run that diverges (non-finite loss) stops there: its last row carries the non-finite loss,
-    which the aggregate stage ranks below every finite one when it picks the best learning rate.
+    A run that diverges (pipeline.experiments.loop) stops there: its last row carries the
+    diverging loss and no test loss (nothing is evaluated on diverged weights); the aggregate
+    stage gives such a run no final loss and ranks its learning rate below every finished one.
     """
 
     wants_last_gradient = False
@@ -36,6 +37,9 @@ class ConvergenceHook:
             row["test_loss"] = test_loss(self.workload)
         self.rows.append(row)
         return {k: v for k, v in row.items() if k != "step" and v is not None}
+
+    def on_diverged(self, step: int, train_loss: float) -> None:
+        self.rows.append({"step": step, "train_loss": train_loss, "test_loss": None})
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}

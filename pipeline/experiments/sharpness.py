@@ -4,12 +4,14 @@ One training optimizer (SGD-momentum or Adam) moves the weights. Every step's mi
 is also fed to the probe bank; at the scheduled steps each probe's current update is a direction
 whose directional sharpness, gradient correlation, 1-D landscape and coordinate histogram are
 measured on the fixed test batch (model in eval mode), with the weights where the step's
-gradient was taken. Optionally the curvature beyond the paper (Sec. 4.2 conjecture) is measured
+gradient was taken, and the share of SGD's sharpness carried by its top-k coordinates.
+Optionally the curvature beyond the paper (Sec. 4.2 conjecture) is measured
 at the same points: the top Hessian eigenvalue and the rank correlation of |g_i| with |H_ii|.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +20,7 @@ import torch
 from pipeline.config import Measure, Trial
 from pipeline.experiments.checkpoint import Checkpoints, to_device
 from pipeline.experiments.common import Records, Reporter, named_trainable
-from pipeline.experiments.loop import run_with
+from pipeline.experiments.loop import Diverged, run_with
 from pipeline.measure import (
     base_loss,
     gradient_correlation,
@@ -27,7 +29,9 @@ from pipeline.measure import (
     loss_landscape,
     prepare_directions,
     sharpness_with_robust,
+    shifted_sharpness,
     top_hessian_eigenvalue,
+    topk_sharpness_share,
     update_histogram,
     update_norms,
 )
@@ -48,7 +52,7 @@ class SharpnessHook:
         self.bank = ProbeBank({n: p.detach() for n, p in self.params.items()}, self.measure.probes)
         self.test_loss = workload.loss_fn(workload.test_batch)
         self.schedule = set(self.measure.steps(trial.steps))
-        self.tables: Records = {"sharpness": [], "landscape": [], "histogram": []}
+        self.tables: Records = {"sharpness": [], "landscape": [], "histogram": [], "topk_share": []}
         if self.measure.curvature:
             self.tables["curvature"] = []
 
@@ -98,10 +102,13 @@ def measure_point(
     # The landscape and the sharpness are on the test batch, so the first-order term of the
     # loss change along v is the test-batch gradient's: that is the correlation we report.
     test_grad = torch.func.grad(loss_fn)(params)
+    if not all(bool(torch.isfinite(g).all()) for g in test_grad.values()):
+        raise Diverged("the test-batch gradient is not finite")
     correlation = gradient_correlation(test_grad, directions)
     norms = update_norms(directions)
     # Null (not NaN) where there is nothing to divide by: no SGD probe, or a zero SGD sharpness.
     sgd_value = sharp["sgd"].value if "sgd" in sharp else 0.0
+    shifted, paper_ratio = _paper_ratios(loss_fn, params, directions, sharp, measure.robust_delta)
     by_label: dict[str, ProbeSpec] = {s.label: s for s in measure.probes}
     sharpness_rows = [
         {
@@ -115,6 +122,8 @@ def measure_point(
             "ratio_to_sgd": result.value / sgd_value if sgd_value else None,
             "grad_correlation": correlation[label],
             "update_norm": norms[label],
+            "sharpness_shifted": shifted.get(label),
+            "ratio_to_sgd_paper": paper_ratio.get(label),
         }
         for label, result in sharp.items()
     ]
@@ -138,21 +147,52 @@ def measure_point(
         for label, (edges, counts) in histograms.items()
         for i, c in enumerate(counts)
     ]
+    share_rows = []
+    if "sgd" in directions and measure.share_fractions:
+        share_rows = [{"probe": "sgd", **row} for row in
+                      topk_sharpness_share(loss_fn, params, directions["sgd"], list(measure.share_fractions))]
     point: Records = {
         "sharpness": sharpness_rows,
         "landscape": landscape_rows,
         "histogram": histogram_rows,
+        "topk_share": share_rows,
     }
     if measure.curvature:
         point["curvature"] = [curvature_row(loss_fn, params, test_grad, measure, generator)]
     return point
 
 
+def _paper_ratios(loss_fn, params, directions, sharp, delta: float) -> tuple[dict, dict]:
+    """(label -> Eq. 4 value where taken, label -> the paper's ratio to SGD).
+
+    The paper (App. B.3) divides raw by raw, and only at a point where SGD's own sharpness is
+    negative takes every direction's sharpness at the shifted point (Eq. 4). Our `ratio_to_sgd`
+    instead divides each probe's robust-or-raw value by SGD's.
+    """
+    shifted = {k: r.value for k, r in sharp.items() if r.robust}
+    if "sgd" not in sharp:
+        return shifted, {}
+    sgd_raw = sharp["sgd"].raw
+    if sgd_raw < 0:
+        missing = [k for k in sharp if k not in shifted]
+        shifted |= shifted_sharpness(loss_fn, params, directions, missing, delta=delta)
+        base, tops = shifted["sgd"], shifted
+    else:
+        base, tops = sgd_raw, {k: r.raw for k, r in sharp.items()}
+    ratios = {k: v / base for k, v in tops.items()} if base != 0 and math.isfinite(base) else {}
+    return shifted, ratios
+
+
 def curvature_row(loss_fn, params, grad, measure: Measure, generator: torch.Generator) -> dict[str, Any]:
     """Top Hessian eigenvalue and the |g_i| vs |H_ii| rank correlation (paper Sec. 4.2)."""
     iters, tol = measure.lanczos_iters, measure.lanczos_tol
     samples, topk = measure.hutchinson_samples, measure.topk_fraction
-    eig = top_hessian_eigenvalue(loss_fn, params, iters=iters, tol=tol, generator=generator)
+    try:
+        eig = top_hessian_eigenvalue(loss_fn, params, iters=iters, tol=tol, generator=generator)
+    except torch.linalg.LinAlgError as err:  # the Lanczos tridiagonal holds inf/NaN: products overflowed
+        raise Diverged(f"top Hessian eigenvalue: {err}") from err
+    if not math.isfinite(eig.value):
+        raise Diverged("the top Hessian eigenvalue is not finite")
     diag = hutchinson_diagonal(loss_fn, params, samples=samples, generator=generator)
     correlation = gradient_curvature_correlation(grad, diag, topk_fraction=topk)
     return {

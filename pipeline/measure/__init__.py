@@ -9,6 +9,7 @@ from pipeline.measure.sharpness import (
     directional_sharpness,
     gradient_correlation,
     sharpness_with_robust,
+    shifted_sharpness,
     update_norms,
 )
 from pipeline.measure.spectrum import (
@@ -19,6 +20,7 @@ from pipeline.measure.spectrum import (
     rank_correlation,
     top_hessian_eigenvalue,
 )
+from pipeline.measure.topk import topk_sharpness_share
 from pipeline.measure.vectors import Directions, prepare_directions
 
 __all__ = [
@@ -39,7 +41,9 @@ __all__ = [
     "quadratic_forms",
     "rank_correlation",
     "sharpness_with_robust",
+    "shifted_sharpness",
     "top_hessian_eigenvalue",
+    "topk_sharpness_share",
     "update_histogram",
     "update_norms",
 ]

@@ -5,14 +5,21 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import re
 from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["gauss_newton_smoothness"]
+__all__ = ["GN_PARAM_SETS", "gauss_newton_smoothness", "select_parameters"]
 
 DEFAULT_ROW_BUDGET_BYTES = 1 << 30  # per-sample gradient rows held at once (1 GiB)
+
+# The named parameter sets; anything else is a regular expression searched in parameter names.
+# "attention": the attention blocks' weight matrices (query/key/value/output projections), the set
+# the authors' released code takes the GN matrix over; "all": every trainable parameter.
+GN_PARAM_SETS = ("attention", "all")
+_ATTENTION = re.compile(r"(^|\.)(attention|attn|self_attn|SelfAttention|EncDecAttention)(\.|$)")
 
 
 def gauss_newton_smoothness(
@@ -20,6 +27,8 @@ def gauss_newton_smoothness(
     batch: Mapping[str, Tensor],
     *,
     outlier_factor: float = 4.0,
+    params: str = "attention",
+    control_seed: int = 0,
     row_budget_bytes: int = DEFAULT_ROW_BUDGET_BYTES,
     return_mask: bool = False,
 ) -> dict:
@@ -32,15 +41,29 @@ def gauss_newton_smoothness(
     Coordinates (rows of G) whose norm is >= outlier_factor x the mean row norm are removed
     (paper text: 4; the authors' released code: 2) and ell = ||G_kept||_2^2 / n.
 
+    `params` picks the coordinates (select_parameters): "attention" (default: the attention
+    weight matrices, as the authors' code), "all" (every trainable parameter) or a regular
+    expression searched in parameter names. The other parameters are held fixed (not coordinates).
+    L and ell are divided by n (the mean GN Hessian of the paper's D.2 formula); the authors' code
+    takes ||G||^2 without 1/n, so their L and ell are n times ours; L/ell and eps are unaffected.
+
+    Control (the authors' `check_sol`): `ell_random` is the same norm after removing as many
+    coordinates as the outlier rule removed, chosen uniformly at random (torch.Generator seeded
+    with `control_seed`). Removing any coordinates takes a principal sub-block, so ell <= L always;
+    only ell well below ell_random says the outliers carry the bad smoothness.
+
     Memory grows with P + n^2, not P x n: a first pass accumulates the squared row norms of G
     (one P-sized buffer); a second pass builds the n x n Gram matrices G^T G and
     G_kept^T G_kept from blocks of at most `row_budget_bytes` of per-sample gradients,
     recomputing rows that do not fit. Their eigenvalues give L and ell exactly.
 
     Returns L, ell, ratio (L / ell; inf when only ell is 0, nan when both are), fraction_removed,
+    ell_random, ratio_random (L / ell_random), control_seed, params (the set's name or pattern),
     n_removed, n_params, n_samples, outlier_factor, rows_held, row_evaluations, and with
     `return_mask` also `removed_mask` (parameter name -> bool tensor on the model's device).
-    The model is evaluated in eval mode (dropout off); its modes and weights are left unchanged.
+    The model is evaluated in eval mode: our choice, so that the GN matrix is a deterministic
+    function of the batch (the paper does not say; dropout would make every row a random draw).
+    Its modes and weights are left unchanged.
     """
     finite = isinstance(outlier_factor, (int, float)) and math.isfinite(outlier_factor)
     if not (finite and outlier_factor > 0):
@@ -50,10 +73,11 @@ def gauss_newton_smoothness(
     num_labels = getattr(getattr(model, "config", None), "num_labels", 2)
     if num_labels != 2:
         raise ValueError(f"model must be a two-class classifier (config.num_labels == 2), got {num_labels}")
+    if isinstance(control_seed, bool) or not isinstance(control_seed, int) or control_seed < 0:
+        raise ValueError(f"control_seed must be an int >= 0, got {control_seed!r}")
     inputs, n = _model_inputs(batch)
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise ValueError("model has no trainable parameters (requires_grad=True)")
+    param_set = params
+    named = select_parameters(model, param_set)
 
     params = [p for _, p in named]
     n_params = sum(p.numel() for p in params)
@@ -64,7 +88,7 @@ def gauss_newton_smoothness(
     rows_held = max(1, min(n, row_budget_bytes // (n_params * item)))
 
     modes = {m: m.training for m in model.modules()}
-    model.eval()  # App. D measures the GN matrix of the deterministic network (dropout off)
+    model.eval()  # our choice (docstring): dropout off, so the rows do not depend on a random draw
     try:
         with torch.enable_grad():
             rows = _RowMaker(model, params, inputs, row_dtype, device)
@@ -80,18 +104,24 @@ def gauss_newton_smoothness(
             removed = (row_norms >= outlier_factor * mean_norm) & (row_norms > 0)  # (P,)
             del sq_norms, row_norms
             n_removed = int(removed.sum())
-            gram, gram_kept = _gram_matrices(rows, block, removed, n)
+            randomly = _random_mask(n_params, n_removed, control_seed, device)
+            gram, gram_kept, gram_random = _gram_matrices(rows, block, [removed, randomly], n)
     finally:
         for module, mode in modes.items():
             module.train(mode)
 
     L = _top_eigenvalue(gram) / n
     ell = _top_eigenvalue(gram_kept) / n
+    ell_random = _top_eigenvalue(gram_random) / n
     result = {
         "L": L,
         "ell": ell,
         "ratio": _ratio(L, ell),
         "fraction_removed": n_removed / n_params,
+        "ell_random": ell_random,
+        "ratio_random": _ratio(L, ell_random),
+        "control_seed": control_seed,
+        "params": param_set,
         "n_removed": n_removed,
         "n_params": n_params,
         "n_samples": n,
@@ -139,10 +169,39 @@ class _RowMaker:
         return out
 
 
-def _gram_matrices(rows: _RowMaker, block: Tensor, removed: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """K = G^T G and K_kept = G^T diag(~removed) G (n x n, float64); `block` holds rows 0..b-1."""
+def select_parameters(model: nn.Module, params: str) -> list[tuple[str, Tensor]]:
+    """The trainable (name, parameter) pairs of a GN parameter set (see gauss_newton_smoothness)."""
+    if not isinstance(params, str) or not params:
+        raise ValueError(f"params must be 'attention', 'all' or a name pattern, got {params!r}")
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if params == "all":
+        chosen = trainable
+    elif params == "attention":
+        chosen = [(name, p) for name, p in trainable if p.dim() == 2 and _ATTENTION.search(name)]
+    else:
+        try:
+            pattern = re.compile(params)
+        except re.error as err:
+            raise ValueError(f"params: {params!r} is not a valid regular expression ({err})") from None
+        chosen = [(name, p) for name, p in trainable if pattern.search(name)]
+    if not chosen:
+        raise ValueError(f"params: no trainable parameter (requires_grad=True) matches {params!r}")
+    return chosen
+
+
+def _random_mask(n_params: int, count: int, seed: int, device) -> Tensor:
+    """`count` of `n_params` coordinates drawn uniformly without replacement (CPU generator: the
+    same draw on every device)."""
+    chosen = torch.randperm(n_params, generator=torch.Generator().manual_seed(seed))[:count]
+    mask = torch.zeros(n_params, dtype=torch.bool)
+    mask[chosen] = True
+    return mask.to(device)
+
+
+def _gram_matrices(rows: _RowMaker, block: Tensor, masks: list[Tensor], n: int) -> list[Tensor]:
+    """K = G^T G and, per mask, K_m = G^T diag(~mask) G (n x n, float64); `block` holds rows 0..b-1."""
     gram = torch.zeros(n, n, dtype=torch.float64, device=block.device)
-    gram_kept = torch.zeros_like(gram)
+    grams_kept = [torch.zeros_like(gram) for _ in masks]
     for start, held in _blocks(rows, block, n):
         idx, end = slice(start, start + held), start + held
         chunk = block[:held]  # (h, P)
@@ -152,12 +211,15 @@ def _gram_matrices(rows: _RowMaker, block: Tensor, removed: Tensor, n: int) -> t
             gram[idx, j] = torch.mv(chunk, row).double()
             # Zero the removed coordinates of the row rather than subtract their products from K:
             # with L / ell in the thousands, K - K_removed would cancel away float32 precision.
-            # In place (cheapest) except on held rows, which later pairs still need intact.
-            masked = row.masked_fill(removed, 0) if j < end else row.masked_fill_(removed, 0)
-            gram_kept[idx, j] = torch.mv(chunk, masked).double()
+            # In place (cheapest) only for the last mask of a recomputed row; held rows and
+            # earlier masks need the row intact.
+            for m, (removed, gram_kept) in enumerate(zip(masks, grams_kept)):
+                last = m == len(masks) - 1 and j >= end
+                masked = row.masked_fill_(removed, 0) if last else row.masked_fill(removed, 0)
+                gram_kept[idx, j] = torch.mv(chunk, masked).double()
     # Only blocks on and above the diagonal were filled: mirror them.
     upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=gram.device))
-    return _symmetric(gram, upper), _symmetric(gram_kept, upper)
+    return [_symmetric(g, upper) for g in (gram, *grams_kept)]
 
 
 def _blocks(rows: _RowMaker, block: Tensor, n: int) -> Iterator[tuple[int, int]]:

@@ -76,19 +76,44 @@ def sharpness_with_robust(loss_fn: LossFn, params: Mapping[str, Tensor],
     tangents, norms = unit_tangents(directions), directions.norms
     raw = _forms(loss_fn, params, tangents, norms, method, chunk_size).tolist()
     labels = list(directions)
-    negative = [i for i, r in enumerate(raw) if r < 0]
-    robust: dict[str, float] = {}
-    if negative:
-        index = torch.tensor(negative, device=norms.device)
-        units = {n: t.index_select(0, index) for n, t in tangents.items()}
-        shifts = {n: float(delta) * t for n, t in units.items()}
-        values = quadratic_forms(loss_fn, params, units, shifts=shifts, method=method,
-                                 chunk_size=chunk_size)
-        robust = dict(zip((labels[i] for i in negative), values.tolist()))
+    negative = [labels[i] for i, r in enumerate(raw) if r < 0]
+    robust = _shifted(loss_fn, params, tangents, labels, negative, delta, method, chunk_size)
     return {
         k: SharpnessResult(value=robust.get(k, r), raw=r, robust=k in robust)
         for k, r in zip(labels, raw)
     }
+
+
+def shifted_sharpness(loss_fn: LossFn, params: Mapping[str, Tensor],
+                      directions: Mapping[str, Vector] | Directions, labels: list[str], *,
+                      delta: float = 0.01, method: str = "auto",
+                      chunk_size: int | None = None) -> dict[str, float]:
+    """label -> the paper's Eq. 4 value u^T H(x + delta u) u, u = v/||v||, for the given labels.
+
+    The paper uses it for every direction at a point where SGD's own sharpness is negative
+    (App. B.3); sharpness_with_robust uses it for the directions whose raw value is negative.
+    """
+    check_loss_fn(loss_fn)
+    check_method(method)
+    params = check_params(params)
+    directions = as_directions(directions, params)
+    unknown = [k for k in labels if k not in directions]
+    if unknown:
+        raise ValueError(f"labels: {unknown} are not among the directions {list(directions)}")
+    tangents = unit_tangents(directions)
+    return _shifted(loss_fn, params, tangents, list(directions), labels, delta, method, chunk_size)
+
+
+def _shifted(loss_fn: LossFn, params: Vector, tangents: Vector, labels: list[str], chosen: list[str],
+             delta: float, method: str, chunk_size: int | None) -> dict[str, float]:
+    if not chosen:
+        return {}
+    device = next(iter(tangents.values())).device
+    index = torch.tensor([labels.index(k) for k in chosen], device=device)
+    units = {n: t.index_select(0, index) for n, t in tangents.items()}
+    shifts = {n: float(delta) * t for n, t in units.items()}
+    values = quadratic_forms(loss_fn, params, units, shifts=shifts, method=method, chunk_size=chunk_size)
+    return dict(zip(chosen, values.tolist()))
 
 
 def gradient_correlation(grads: Mapping[str, Tensor],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ COMMON_KEYS = (
 CAPS = ("max_train_examples", "max_test_examples")  # data caps; None = all the data
 # pipeline.data trains local tokenizers of 512 to 65,536 entries (its get_tokenizer's range).
 VOCAB_RANGE = (512, 65_536)
+# `model:` override fields that are sizes (counts): layers, heads, widths, kernels, positions.
+_SIZE_FIELD = re.compile(r"(^num_|^n_|_size$|_sizes$|_layers$|_heads$|^depths$|_dim$|^d_|_positions$|_channels$)")
 
 
 def resolve(reference: str) -> Any:
@@ -79,7 +82,8 @@ CAUSAL_LM = WorkloadDefinition(
                  "max_train_examples": 64, "max_test_examples": 16},
         "small": {"batch_size": 16, "seq_len": 128, "vocab_size": 8192,
                   "max_train_examples": 400, "max_test_examples": 40},
-        "paper": {"batch_size": 32, "seq_len": 512, "vocab_size": 50257,
+        # Table 2: batch 1000 (the paper does not give its sequence length: 512 here).
+        "paper": {"batch_size": 1000, "seq_len": 512, "vocab_size": 50257,
                   "max_train_examples": None, "max_test_examples": None},
     },
     extra_keys=("seq_len", "vocab_size"),
@@ -93,14 +97,15 @@ TRANSLATION = WorkloadDefinition(
     name="translation", builder="pipeline.workloads.translation:build",
     is_transformer=True, num_classes=None,
     # Data defaults per size; `max_*_examples` count sentence pairs, `seq_len` caps both sides.
-    # Paper: batch 1024 (docs/science.md), 128 tokens a side.
+    # Paper (Table 2, App. B.1): batch 1024 on a fixed subset of 10,240 pairs (10 steps an epoch),
+    # 128 tokens a side.
     presets={
         "tiny": {"batch_size": 8, "seq_len": 64, "vocab_size": 512,
                  "max_train_examples": 512, "max_test_examples": 64},
         "small": {"batch_size": 32, "seq_len": 96, "vocab_size": 8000,
                   "max_train_examples": 8000, "max_test_examples": 512},
         "paper": {"batch_size": 1024, "seq_len": 128, "vocab_size": 32128,
-                  "max_train_examples": None, "max_test_examples": None},
+                  "max_train_examples": 10240, "max_test_examples": None},
     },
     extra_keys=("seq_len", "vocab_size"),
     fixed_fields=("vocab_size", "pad_token_id", "eos_token_id", "decoder_start_token_id",
@@ -123,7 +128,8 @@ CLASSIFICATION = WorkloadDefinition(
                  "max_train_examples": 256, "max_test_examples": 64},
         "small": {"batch_size": 16, "seq_len": 256, "vocab_size": 8000, "corpus": "polarity",
                   "max_train_examples": None, "max_test_examples": None},
-        "paper": {"batch_size": 32, "seq_len": 512, "vocab_size": 30522, "corpus": "polarity",
+        # App. D.1: batch 25 (the Gauss-Newton analysis; BERT's 512 positions).
+        "paper": {"batch_size": 25, "seq_len": 512, "vocab_size": 30522, "corpus": "polarity",
                   "max_train_examples": None, "max_test_examples": None},
     },
     extra_keys=("seq_len", "vocab_size", "corpus"),
@@ -140,7 +146,7 @@ IMAGE = WorkloadDefinition(
     presets={
         "tiny": {"batch_size": 16, "max_train_examples": 1024, "max_test_examples": 256},
         "small": {"batch_size": 64, "max_train_examples": None, "max_test_examples": None},
-        "paper": {"batch_size": 128, "max_train_examples": None, "max_test_examples": None},
+        "paper": {"batch_size": 1000, "max_train_examples": None, "max_test_examples": None},  # App. E
     },
     fixed_fields=("num_channels", "num_labels"),
     config_class="transformers:ResNetConfig",
@@ -227,6 +233,12 @@ def _check_model_overrides(name: str, definition: WorkloadDefinition,
     if overrides and full["pretrained"]:
         raise ValueError("workload.model: config overrides conflict with pretrained: true "
                          "(the checkpoint fixes the model)")
+    for key, value in overrides.items():  # sizes: counts of layers, heads, units, channels
+        values = value if isinstance(value, list) else [value]
+        sized = _SIZE_FIELD.search(key) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        if sized and (not values or min(values) < 1):
+            raise ValueError(f"workload.model.{key}: {value!r} is not a size; expected "
+                             f"{'a list of ' if isinstance(value, list) else 'an '}integer(s) >= 1")
     config_class = definition.load_config_class() if overrides else None
     if config_class is not None:
         known = config_class()

@@ -31,11 +31,13 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 DEFINITION = WORKLOADS["image"]  # presets, spec keys and facts (pipeline.workloads.definitions)
 NUM_CLASSES = DEFINITION.num_classes
 # transformers' ResNet keeps the ImageNet stem (7x7 stride-2 convolution + max-pool), so a 32x32
-# image is 8x8 when it enters the first stage. Paper = ResNet-18's stages; tiny ~0.08M parameters.
+# image is 8x8 when it enters the first stage. Paper = ResNet-152 (App. E: bottleneck blocks, stages
+# of 3/8/36/3, ~58M parameters with a ten-class head); tiny ~0.08M parameters.
 DIMS: dict[str, dict[str, Any]] = {
     "tiny": {"embedding_size": 16, "hidden_sizes": [16, 32, 64], "depths": [1, 1, 1]},
     "small": {"embedding_size": 32, "hidden_sizes": [32, 64, 128, 256], "depths": [1, 1, 1, 1]},
-    "paper": {"embedding_size": 64, "hidden_sizes": [64, 128, 256, 512], "depths": [2, 2, 2, 2]},
+    "paper": {"embedding_size": 64, "hidden_sizes": [256, 512, 1024, 2048], "depths": [3, 8, 36, 3],
+              "layer_type": "bottleneck"},
 }
 
 

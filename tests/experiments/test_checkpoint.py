@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
 
-from pipeline.config import Trial
+from pipeline.config import DIVERGENCE_FACTOR, Trial
 from pipeline.experiments import EXPERIMENTS
 from pipeline.experiments.checkpoint import Checkpoints
 
@@ -85,6 +86,31 @@ def test_a_checkpoint_holds_the_records_so_far_and_every_rng():
     assert set(state["rng"]) >= {"torch", "python", "numpy"} and "generator" in state["hook"]
     assert state["rule_state"]["step"] == 3  # three updates of the training optimizer
 
+
+
+def test_a_resumed_trial_diverges_where_an_uninterrupted_one_does():
+    # SGD at lr 30 on the tiny LM: the loss grows each step and passes the factor x the step-0
+    # loss a few steps in, still finite. The reference is the step-0 loss, kept in the checkpoint:
+    # measured from the resumed step's own loss, the same point would not count as diverged.
+    t = trial("convergence", steps=6, lr=30.0)
+    plain_report: list = []
+    plain = EXPERIMENTS["convergence"](t, plain_report)
+    (outcome,) = plain["trials"]
+    step, initial = outcome["diverged_step"], plain_report[0]["train_loss"]
+    assert outcome["status"] == "diverged" and step is not None and step >= 2
+    assert math.isfinite(outcome["diverged_loss"]) and outcome["diverged_loss"] > DIVERGENCE_FACTOR * initial
+    assert outcome["diverged_loss"] <= DIVERGENCE_FACTOR * plain_report[step - 1]["train_loss"]
+    records, _, saved = uninterrupted(t, every=1)
+    assert records == plain
+    assert sorted(saved) == list(range(1, step + 1))  # none after the update of the diverging point's predecessor
+    for resume_at, payload in saved.items():
+        assert torch.load(io.BytesIO(payload), weights_only=True)["loop"] == {"initial": initial}
+        resumed_report: list = []
+        resumed = EXPERIMENTS["convergence"](t, resumed_report,
+                                             Checkpoints(load=lambda p=payload: p, save=lambda s, p: None))
+        assert resumed == plain, f"resumed at step {resume_at}"
+        assert resumed["trials"][0]["status"] == "diverged" and resumed["trials"][0]["diverged_step"] == step
+        assert resumed_report == [m for m in plain_report if m["step"] >= resume_at]
 
 
 class _Rows:

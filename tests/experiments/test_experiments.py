@@ -57,6 +57,31 @@ def test_sharpness_rows_cover_every_probe_and_point(sharpness_runs):
     assert [m["step"] for m in report] == [0, 1, 2]
 
 
+def test_paper_ratio_is_raw_over_raw_unless_sgd_is_negative(sharpness_runs):
+    (records, _), _, _ = sharpness_runs
+    rows = records["sharpness"]
+    for step in (0, 2):
+        point = {r["probe"]: r for r in rows if r["step"] == step}
+        sgd = point["sgd"]
+        for r in point.values():
+            if sgd["sharpness_raw"] > 0:
+                assert r["ratio_to_sgd_paper"] == pytest.approx(r["sharpness_raw"] / sgd["sharpness_raw"], rel=1e-12)
+                assert (r["sharpness_shifted"] is not None) == r["robust"]
+            else:  # the paper's Eq. 4 for every direction at this point
+                assert r["ratio_to_sgd_paper"] == pytest.approx(r["sharpness_shifted"] / sgd["sharpness_shifted"])
+
+
+def test_topk_share_of_sgd_at_every_point(sharpness_runs):
+    (records, _), _, t = sharpness_runs
+    rows = records["topk_share"]
+    fractions = list(t.measure.share_fractions)
+    assert [(r["step"], r["topk_fraction"]) for r in rows] == [(s, k) for s in (0, 2) for k in fractions]
+    sgd = {r["step"]: r["sharpness_raw"] for r in records["sharpness"] if r["probe"] == "sgd"}
+    for r in rows:
+        assert r["probe"] == "sgd" and r["n_masked"] >= 1 and 0 < r["norm_share"] <= 1
+        assert r["sharpness"] == pytest.approx(sgd[r["step"]], rel=1e-6)
+
+
 def test_landscape_and_histogram_rows(sharpness_runs):
     (records, _), _, _ = sharpness_runs
     at_zero = [r for r in records["landscape"] if r["offset"] == 0.0]
@@ -82,6 +107,8 @@ def test_curvature_row_per_point(sharpness_runs):
 def test_records_fit_the_table_schemas(sharpness_runs, tmp_path):
     (records, _), _, t = sharpness_runs
     layout = ResultsLayout(tmp_path)
+    outcome = records.pop("trials")  # the loop's outcome row; the runner completes it (node, seconds)
+    assert outcome == [{"status": "finished", "diverged_step": None, "diverged_loss": None}]
     write_trial_records(layout.records_dir(t.trial_id), t.identity(), records)
     tables = read_trial_records(layout)
     assert tables["sharpness"].num_rows == len(records["sharpness"])
@@ -98,8 +125,10 @@ def test_convergence_is_deterministic_and_learns():
 
 
 def test_convergence_stops_at_divergence():
-    rows = EXPERIMENTS["convergence"](trial("convergence", lr=1e6, steps=20), [])["convergence"]
+    records = EXPERIMENTS["convergence"](trial("convergence", lr=1e6, steps=20, divergence_factor=None), [])
+    rows = records["convergence"]
     assert len(rows) < 20 and not math.isfinite(rows[-1]["train_loss"])
+    assert records["trials"][0]["status"] == "diverged" and records["trials"][0]["diverged_step"] == rows[-1]["step"]
 
 
 def test_smoothness_on_the_classifier():
@@ -113,3 +142,5 @@ def test_smoothness_on_the_classifier():
     for r in rows:
         assert 0 < r["ell"] <= r["L"] and r["n_samples"] == 3
         assert r["ratio"] == pytest.approx(r["L"] / r["ell"])
+        assert r["gn_params"] == "attention" and 0 < r["n_params"] and r["control_seed"] == 0
+        assert r["ell"] <= r["L"] and r["ell_random"] <= r["L"]

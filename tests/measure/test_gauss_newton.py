@@ -83,7 +83,7 @@ def test_L_and_ell_match_explicit_gn_matrix(padded):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batch = make_batch(padded)
 
-    result = gauss_newton_smoothness(model, batch, return_mask=True)
+    result = gauss_newton_smoothness(model, batch, return_mask=True, params="all")
 
     assert model.training and all(m.training for m in model.modules())  # modes restored
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights untouched
@@ -107,7 +107,7 @@ def test_removal_picks_exactly_rows_at_least_factor_times_mean(factor):
     norms = G.norm(dim=1)
     expected = norms >= factor * norms.mean()
 
-    result = gauss_newton_smoothness(model, batch, outlier_factor=factor, return_mask=True)
+    result = gauss_newton_smoothness(model, batch, outlier_factor=factor, return_mask=True, params="all")
 
     assert torch.equal(flat_mask(result), expected)
     assert 0 < int(expected.sum()) <= 20  # a few coordinates: the crafted case is what we meant
@@ -121,8 +121,8 @@ def test_removal_picks_exactly_rows_at_least_factor_times_mean(factor):
 
 def test_smaller_factor_removes_a_superset():
     model, batch = tiny_bert(), make_batch(padded=False)
-    four = gauss_newton_smoothness(model, batch, outlier_factor=4.0, return_mask=True)
-    two = gauss_newton_smoothness(model, batch, outlier_factor=2.0, return_mask=True)
+    four = gauss_newton_smoothness(model, batch, outlier_factor=4.0, return_mask=True, params="all")
+    two = gauss_newton_smoothness(model, batch, outlier_factor=2.0, return_mask=True, params="all")
     mask4, mask2 = flat_mask(four), flat_mask(two)
     assert two["n_removed"] > four["n_removed"] > 0
     assert torch.all(mask2[mask4])  # everything removed at factor 4 is removed at factor 2
@@ -133,9 +133,9 @@ def test_smaller_factor_removes_a_superset():
 @pytest.mark.parametrize("budget_rows", [0, 2])
 def test_bounded_row_memory_gives_the_same_result(budget_rows):
     model, batch = tiny_bert(), make_batch(padded=True)
-    full = gauss_newton_smoothness(model, batch)
+    full = gauss_newton_smoothness(model, batch, params="all")
     row_bytes = full["n_params"] * 8
-    bounded = gauss_newton_smoothness(model, batch, row_budget_bytes=budget_rows * row_bytes)
+    bounded = gauss_newton_smoothness(model, batch, row_budget_bytes=budget_rows * row_bytes, params="all")
 
     assert full["rows_held"] == N_SAMPLES and full["row_evaluations"] == N_SAMPLES
     assert bounded["rows_held"] == max(1, budget_rows)
@@ -172,7 +172,7 @@ def test_linear_classifier_closed_form():
     norms = G.norm(dim=1)
     expected = norms >= 4.0 * norms.mean()
 
-    result = gauss_newton_smoothness(model, {"features": x}, return_mask=True)
+    result = gauss_newton_smoothness(model, {"features": x}, return_mask=True, params="all")
 
     assert torch.equal(flat_mask(result), expected)
     # Removed only because the mean runs over all 13 coordinates, the 3 zero rows included.
@@ -202,14 +202,84 @@ def test_bad_input_raises_before_any_forward(kwargs, model_kwargs, batch, match)
     calls = []
     model.register_forward_hook(lambda *args: calls.append(1))
     with pytest.raises(ValueError, match=match):
-        gauss_newton_smoothness(model, batch if batch is not None else make_batch(False), **kwargs)
+        gauss_newton_smoothness(model, batch if batch is not None else make_batch(False), **kwargs, params="all")
     assert not calls
 
 
 def test_float32_model_agrees_with_float64():
     model64, batch = tiny_bert(), make_batch(padded=True)
     model32 = tiny_bert().float()
-    exact = gauss_newton_smoothness(model64, batch)
-    approx = gauss_newton_smoothness(model32, batch)
+    exact = gauss_newton_smoothness(model64, batch, params="all")
+    approx = gauss_newton_smoothness(model32, batch, params="all")
     for key in ("L", "ell", "fraction_removed"):
         assert approx[key] == pytest.approx(exact[key], rel=1e-4)
+
+
+def attention_rows(model: nn.Module) -> torch.Tensor:
+    """Which coordinates of the all-parameter G belong to the attention weight matrices (by hand)."""
+    flags = []
+    for name, p in model.named_parameters():
+        is_attention = ".attention." in name and name.endswith(".weight") and p.dim() == 2
+        flags.append(torch.full((p.numel(),), is_attention))
+    return torch.cat(flags)
+
+
+def test_default_is_the_attention_weight_matrices_and_matches_an_exact_svd():
+    model, batch = tiny_bert(), make_batch(padded=True)
+    _, G = explicit_gn(model, batch)
+    rows = attention_rows(model)
+    G_att = G[rows]  # GN over a parameter subset: the same columns, only those coordinates
+    norms = G_att.norm(dim=1)
+    expected = norms >= 4.0 * norms.mean()
+    spectral = lambda m: float(torch.linalg.matrix_norm(m, ord=2))  # noqa: E731  exact SVD
+
+    result = gauss_newton_smoothness(model, batch, return_mask=True)
+
+    assert result["params"] == "attention"
+    assert set(result["removed_mask"]) == {
+        "bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.layer.0.attention.self.key.weight",
+        "bert.encoder.layer.0.attention.self.value.weight", "bert.encoder.layer.0.attention.output.dense.weight"}
+    assert result["n_params"] == int(rows.sum()) == 4 * 8 * 8
+    assert torch.equal(flat_mask(result), expected)
+    assert result["L"] == pytest.approx(spectral(G_att) ** 2 / N_SAMPLES, rel=1e-8)
+    assert result["ell"] == pytest.approx(spectral(G_att[~expected]) ** 2 / N_SAMPLES, rel=1e-8)
+    everything = gauss_newton_smoothness(model, batch, params="all")
+    assert everything["L"] == pytest.approx(spectral(G) ** 2 / N_SAMPLES, rel=1e-8)
+    assert abs(everything["L"] - result["L"]) > 0.05 * everything["L"]  # a different matrix
+
+
+def test_a_name_pattern_selects_those_parameters():
+    model, batch = tiny_bert(), make_batch(padded=False)
+    _, G = explicit_gn(model, batch)
+    names = [n for n, _ in model.named_parameters()]
+    sizes = [p.numel() for _, p in model.named_parameters()]
+    rows = torch.cat([torch.full((s,), n.startswith("classifier.")) for n, s in zip(names, sizes)])
+    result = gauss_newton_smoothness(model, batch, params=r"^classifier\.")
+    assert result["n_params"] == 2 * 8 + 2 and result["params"] == r"^classifier\."
+    assert result["L"] == pytest.approx(top_eig(G[rows] @ G[rows].T) / N_SAMPLES, rel=1e-8)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        gauss_newton_smoothness(model, batch, params="no_such_layer")
+    with pytest.raises(ValueError, match="regular expression"):
+        gauss_newton_smoothness(model, batch, params="(")
+
+
+def test_random_control_removes_as_many_coordinates_drawn_from_the_seed():
+    model = tiny_bert()
+    with torch.no_grad():
+        model.classifier.weight.mul_(0.01)  # a few outlier coordinates carry the bad smoothness
+    batch = make_batch(padded=True)
+    _, G = explicit_gn(model, batch)
+
+    result = gauss_newton_smoothness(model, batch, params="all", control_seed=7, return_mask=True)
+
+    k, P = result["n_removed"], result["n_params"]
+    drawn = torch.zeros(P, dtype=torch.bool)
+    drawn[torch.randperm(P, generator=torch.Generator().manual_seed(7))[:k]] = True
+    expected = top_eig(G[~drawn] @ G[~drawn].T) / N_SAMPLES
+    assert result["control_seed"] == 7
+    assert result["ell_random"] == pytest.approx(expected, rel=1e-8)
+    assert result["ratio_random"] == pytest.approx(result["L"] / expected, rel=1e-10)
+    # The outliers' removal lowers the norm far more than removing as many random coordinates.
+    assert result["ell"] < 1e-3 * result["ell_random"] and result["ratio_random"] < 1.1
+    other = gauss_newton_smoothness(model, batch, params="all", control_seed=8)
+    assert other["ell_random"] != result["ell_random"] and other["ell"] == result["ell"]
