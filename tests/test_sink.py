@@ -93,6 +93,7 @@ def test_a_retried_attempt_keeps_the_checkpoint_and_the_run_and_logs_each_step_o
     rows = {"convergence": [{"step": s, "train_loss": 1.0, "test_loss": None} for s in range(3)]}
     sink.finish(TRIAL, encode_trial_records(TRIAL.identity(), rows))
     assert tracker.events[TRIAL.trial_id] == [("log", 0), ("log", 1), ("log", 2), ("log", 3),
+                                              ("tags", {"status": "finished"}),
                                               ("artifacts", ["convergence.parquet"]), ("end", "FINISHED")]
     assert not layout.checkpoint_file(TRIAL.trial_id).exists()  # done: nothing left to resume
     assert sink.load_checkpoint(TRIAL.trial_id) is None
