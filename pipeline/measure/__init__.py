@@ -17,6 +17,7 @@ from pipeline.measure.spectrum import (
     gradient_curvature_correlation,
     hutchinson_diagonal,
     hutchinson_diagonal_with_error,
+    hutchinson_noise,
     rank_correlation,
     top_hessian_eigenvalue,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "hessian_vector_products",
     "hutchinson_diagonal",
     "hutchinson_diagonal_with_error",
+    "hutchinson_noise",
     "hvp_operator",
     "landscape_search",
     "loss_landscape",

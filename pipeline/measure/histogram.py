@@ -16,11 +16,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from pipeline.labels import HISTOGRAM_RANGE
 from pipeline.measure.vectors import Directions, Vector, check_direction_set
 
-SCALES = ("absolute", "relative")
-# log10 range of the bins per scale when none is given: the paper's for "absolute".
-DEFAULT_RANGE = {"absolute": (-15.0, 1.0), "relative": (-8.0, 0.0)}
+SCALES = tuple(HISTOGRAM_RANGE)  # absolute, relative
+DEFAULT_RANGE = HISTOGRAM_RANGE  # log10 range of the bins per scale when none is given
 PAPER_BINS = 30
 
 

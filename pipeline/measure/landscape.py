@@ -2,7 +2,8 @@
 
 Pan & Li 2023 (arXiv 2306.00204), section 3 (their Figs. 2-4, 7-16): the loss on the measurement
 batch along the normalised update, with the step size searched per algorithm (the grid refined
-until the loss rises) and the best loss reduction read off (search_step, landscape_search). Functional: every point is a new set of tensors, so the weights are never
+until the loss rises) and the best loss reduction read off (search_step, landscape_search).
+Functional: every point is a new set of tensors, so the weights are never
 modified (the paper's code moved the live weights and moved them back, which is not bit-exact).
 The loss at x itself (base_loss) is computed once per point: the caller can hand it in and use
 it as the reference of its loss changes.
