@@ -43,13 +43,17 @@ def write_sharpness(sweep_dir, seed):
             sharp.append({"step": step, "probe": probe, "probe_algorithm": probe, "probe_clip_fraction": 0.0,
                           "probe_clip_target": "grad", "sharpness": s, "sharpness_raw": s, "robust": False,
                           "ratio_to_sgd": s / 8.0, "grad_correlation": 0.2, "update_norm": 1.0,
-                          "sharpness_shifted": None, "ratio_to_sgd_paper": s / 8.0})
+                          "sharpness_shifted": None, "ratio_to_sgd_paper": s / 8.0,
+                          "clip_tau": None, "grad_zero_fraction": 0.0, "measure_batch": "train",
+                          "measure_batch_size": 16, "measure_sub_batch_size": 16})
             land += [{"step": step, "probe": probe, "offset": o, "loss": 2 + s * o * o, "loss_change": s * o * o}
                      for o in (-0.5, 0.0, 0.5)]
-            hist += [{"step": step, "probe": probe, "bin_lo": lo, "bin_hi": lo + 2.0, "count": 5 + int(lo)}
+            hist += [{"step": step, "probe": probe, "scale": "absolute", "bin_lo": lo, "bin_hi": lo + 2.0,
+                      "count": 5 + int(lo)}
                      for lo in (-4.0, -2.0)]
         curv.append({"step": step, "top_eigenvalue": 16.0, "lanczos_iters": 12, "lanczos_tol": 1e-3,
-                     "lanczos_converged": True, "hutchinson_samples": 4, "rank_corr_all": 0.25,
+                     "lanczos_converged": True, "hutchinson_samples": 4, "hutchinson_rel_stderr": 0.8,
+                     "hutchinson_resolved": 0.1, "rank_corr_all": 0.25,
                      "rank_corr_topk": 0.5, "topk_fraction": 0.1})
     share = [{"step": step, "probe": "sgd", "topk_fraction": 0.01, "n_masked": 3, "sharpness": 8.0,
               "sharpness_masked": 1.0 + seed, "sharpness_share": 0.9 - 0.1 * seed, "norm_share": 0.5}
