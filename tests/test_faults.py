@@ -134,7 +134,7 @@ def account(tmp: Path, uri: str, finished: list[str] = TRIALS) -> dict[str, int]
     for trial_id in finished:
         steps = Counter(pq.read_table(sweep_dir / "trials" / trial_id / "records" / "convergence.parquet")
                         .column("step").to_pylist())
-        lost += len(set(range(STEPS + 1)) - set(steps))
+        lost += len(set(range(STEPS)) - set(steps))  # a row per update: steps 0 .. STEPS-1
         duplicated += sum(n - 1 for n in steps.values())
     parents, children = runs(uri)
     client = MlflowClient(uri)
