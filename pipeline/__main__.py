@@ -304,4 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C outside a sweep's run (while loading, planning, aggregating)
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -101,6 +101,8 @@ def wait_for(what, timeout: float = 600, every: float = 1.0):
     while True:
         try:
             value = what()
+        except AssertionError:
+            raise
         except Exception:  # the store is being created: not yet
             value = None
         if value:
@@ -118,8 +120,12 @@ def runs(uri: str) -> tuple[list, list]:
             [r for r in found if "mlflow.parentRunId" in r.data.tags])
 
 
-def running_trial(uri: str):
-    """A trial run RUNNING with a few logged steps."""
+def running_trial(uri: str, command: Command):
+    """A trial run RUNNING with a few logged steps (looked for once Tune started trials: the sweep
+    has built its store by then; two processes building one SQLite schema at once can clash)."""
+    assert command.proc.poll() is None, f"the sweep ended early: {command.stderr()[-2000:]}"
+    if "started" not in command.stdout():
+        return None
     client = MlflowClient(uri)
     for run in runs(uri)[1]:
         if run.info.status == "RUNNING" and client.get_metric_history(run.info.run_id, "train_loss"):
@@ -160,7 +166,7 @@ def assert_clean(numbers: dict[str, int], trial_runs: int = len(TRIALS)) -> None
 def test_driver_killed_then_the_same_command_resumes(sweep, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     first = sweep(uri)
-    wait_for(lambda: running_trial(uri))
+    wait_for(lambda: running_trial(uri, first))
     first.proc.send_signal(signal.SIGKILL)
     first.wait()
     killed_at = time.monotonic()
@@ -178,7 +184,7 @@ def test_driver_killed_then_the_same_command_resumes(sweep, tmp_path):
 def test_sigint_stops_with_130_a_second_launch_exits_2_and_the_same_command_resumes(sweep, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     first = sweep(uri)
-    wait_for(lambda: running_trial(uri))
+    wait_for(lambda: running_trial(uri, first))
     # The same sweep again while it runs: refused, naming the holder.
     second = sweep(uri, tag="second")
     assert second.wait(timeout=300) == 2
@@ -207,7 +213,7 @@ def test_sigint_stops_with_130_a_second_launch_exits_2_and_the_same_command_resu
 def test_sigterm_stops_with_143_and_no_run_left_running(sweep, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     first = sweep(uri)
-    wait_for(lambda: running_trial(uri))
+    wait_for(lambda: running_trial(uri, first))
     first.proc.send_signal(signal.SIGTERM)
     stopped = time.monotonic()
     assert first.wait(timeout=300) == 143, first.stderr()
@@ -252,7 +258,7 @@ def test_tracking_server_killed_mid_sweep_then_sync_restores_the_runs(sweep, tmp
     server = start_server(tmp_path, port)
     try:
         command = sweep(uri)
-        wait_for(lambda: running_trial(uri))
+        wait_for(lambda: running_trial(uri, command))
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
         killed = time.monotonic()
