@@ -269,7 +269,7 @@ def test_tracking_server_killed_mid_sweep_then_sync_restores_the_runs(sweep, tmp
         assert code == 3, err
         assert f"tracking FAILED ({uri})" in err and f"python -m pipeline sync-mlflow {sweep_dir}" in err
         assert "Traceback" not in err
-        assert "3 finished, 0 interrupted, 0 failed" in command.stdout()
+        assert "3 finished, 0 diverged, 0 interrupted, 0 failed" in command.stdout()
         assert (sweep_dir / "report.md").is_file() and (sweep_dir / "tables" / "convergence.parquet").is_file()
         server = start_server(tmp_path, port)  # the same store, back
         repaired = subprocess.run([sys.executable, "-m", "pipeline", "sync-mlflow", str(sweep_dir)],

@@ -4,6 +4,7 @@ and an unreachable server reported within seconds."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -149,7 +150,7 @@ def test_an_unreachable_server_is_one_error_line_within_15_seconds(tmp_path):
         [sys.executable, "-m", "pipeline", "sweep", str(ROOT / "conf" / "smoke.yaml"),
          f"tracking_uri=http://127.0.0.1:{port}", f"results_dir={tmp_path}"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), "RAY_TMPDIR": str(tmp_path)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(tmp_path)},
     )
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [f"error: tracking_uri: cannot use http://127.0.0.1:{port}: cannot connect to "
