@@ -97,7 +97,7 @@ def landscape(rows: Rows) -> dict[tuple, Figure]:
 
 
 def histograms(rows: Rows) -> dict[tuple, Figure]:
-    """Paper Fig. 1 style: distribution of log10 |v_i| / ||v||_inf per probe, one line per step."""
+    """Paper Fig. 1: distribution of log10 |v_i| (or of |v_i| / max|v|) per probe, one line per step."""
     figures = {}
     for key, group in group_rows(rows, TRAJECTORY).items():
         probes = sorted({r["probe"] for r in group})
@@ -107,12 +107,13 @@ def histograms(rows: Rows) -> dict[tuple, Figure]:
         for ax, probe in zip(axes, probes):
             for (step,), sr in sorted(group_rows([r for r in group if r["probe"] == probe], ("step",)).items()):
                 bins = group_rows(sr, ("bin_lo", "bin_hi"))
-                edges = sorted(bins)
+                total = sum(r["count"] for r in sr) or 1  # out-of-range rows included: fractions of all
+                edges = sorted(e for e in bins if math.isfinite(e[0]) and math.isfinite(e[1]))
                 counts = [sum(r["count"] for r in bins[e]) for e in edges]
-                total = sum(counts) or 1
                 ax.stairs([c / total for c in counts], [e[0] for e in edges] + [edges[-1][1]],
                           label=f"step {step}", color=colors[str(step)])
-            ax.set(title=probe, xlabel="log10 |v_i| / max |v|", ylabel="fraction")
+            relative = any(r.get("scale") == "relative" for r in group)
+            ax.set(title=probe, xlabel="log10 |v_i| / max |v|" if relative else "log10 |v_i|", ylabel="fraction")
         axes[0].legend(fontsize=6)
         fig.suptitle(_title(key))
         figures[("histogram", *key)] = fig
