@@ -28,11 +28,13 @@ class ResultsSink:
         self.sweep_run = sweep_run
         self._runs: dict[str, TrialRun] = {}
 
-    def start(self, trial: Trial) -> None:
-        """A trial begins: what an earlier, unfinished attempt left goes; its tracking run starts."""
+    def start(self, trial: Trial) -> str | None:
+        """A trial begins: what an earlier, unfinished attempt left goes; its tracking run starts.
+        Returns the run's id (None when the tracker has none), which the trial records in `trials`."""
         shutil.rmtree(self.layout.records_dir(trial.trial_id), ignore_errors=True)
         self.layout.error_file(trial.trial_id).unlink(missing_ok=True)
-        self._runs[trial.trial_id] = self.sweep_run.start_trial(trial)
+        run = self._runs[trial.trial_id] = self.sweep_run.start_trial(trial)
+        return getattr(run, "run_id", None)
 
     def log(self, trial_id: str, points: Sequence[Point]) -> None:
         run = self._runs[trial_id]

@@ -62,8 +62,8 @@ class RemoteSink:
     def __init__(self, actor: ray.actor.ActorHandle) -> None:
         self.actor = actor
 
-    def start(self, trial: Trial) -> None:
-        ray.get(self.actor.start.remote(trial))
+    def start(self, trial: Trial) -> str | None:
+        return ray.get(self.actor.start.remote(trial))
 
     def log(self, trial_id: str, points: list[tuple[int, dict[str, float]]]) -> None:
         ray.get(self.actor.log.remote(trial_id, points))
@@ -230,6 +230,7 @@ def run(plan: SweepPlan, *, log: Log = lambda line: None, verbose: bool = False)
         )
         outcome.sweep_run = sweep_run
         plan.layout.write_plan([t.trial_id for t in config.trials], {t.trial_id: t.experiment for t in config.trials})
+        plan.layout.write_config(config.to_yaml())  # the report shows it; `sweep <it>` reruns the sweep
         plan.layout.ray_dir.mkdir(parents=True, exist_ok=True)
         status = "KILLED"  # unless the fit returns
         progress = Progress(config.name, {t.trial_id: t.steps for t in plan.trials}, done_earlier=len(plan.done))

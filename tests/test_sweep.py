@@ -99,6 +99,7 @@ def test_every_trial_finishes(smoke):
     assert len(smoke.workload_trials) == len(load_config(SMOKE_WORKLOADS).trials) == 5
     # The CLI runs the aggregate stage and the report after the sweep: no error, and where they are.
     assert "aggregate:" not in smoke.err and f"report:  {smoke.plan.layout.report_path}" in smoke.lines
+    assert smoke.plan.layout.report_html_path.is_file() and smoke.plan.layout.config_path.is_file()
     finished = [line for line in smoke.lines if re.match(r"\[ended \d+/\d+\] finished ", line)]
     assert len(finished) == len(smoke.outcome.finished)
 
