@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "conf" / "smoke.yaml"
 SMOKE_WORKLOADS = ROOT / "conf" / "smoke_workloads.yaml"
 # Every trial also writes its `trials` row (the node that ran it, its wall time).
-TRIAL_TABLES = {"sharpness": {"sharpness", "landscape", "histogram", "trials"},
+TRIAL_TABLES = {"sharpness": {"sharpness", "landscape", "histogram", "topk_share", "trials"},
                 "convergence": {"convergence", "trials"}}
 WORKLOADS = {"causal_lm", "translation", "classification", "image"}
 # A trial that fails when it builds its workload: attention heads that do not divide the width, which
