@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from pipeline import orderings, tables
 from pipeline.accounting import trial_states
+from pipeline.local_convergence import local_vs_convergence
 from pipeline.labels import EXPERIMENT_TABLES
 from pipeline.layout import DONE_MARK, ResultsLayout
 from pipeline.records import read_trial_records, rows_to_table, write_table
@@ -67,7 +68,8 @@ def build_tables(
         return joined[name].to_pylist() if name in joined else []
 
     out: dict[str, pa.Table] = {}
-    for name in ("sharpness", "landscape", "histogram", "topk_share", "convergence", "smoothness", "trials"):
+    for name in ("sharpness", "landscape", "landscape_summary", "histogram", "topk_share", "convergence",
+                 "smoothness", "trials"):
         if name in present:
             out[name] = joined[name] if name in joined else OUTPUT_TABLES[name].schema.empty_table()
     if "convergence" in present:
@@ -84,6 +86,10 @@ def build_tables(
                                            out["table8_smoothness"].to_pylist() if "smoothness" in present else [])
         checks = orderings.note_diverged(checks, rows("trials"))
         out["orderings"] = _derived("orderings", checks)
+    if "landscape_summary" in present:
+        summary_rows = out["convergence_summary"].to_pylist() if "convergence_summary" in out else []
+        local = local_vs_convergence(rows("landscape_summary"), summary_rows)
+        out["local_vs_convergence"] = _derived("local_vs_convergence", local)
     if "curvature" in present:
         joined_curvature = tables.curvature_with_sharpness(rows("curvature"), rows("sharpness"))
         out["curvature"] = _derived("curvature", joined_curvature)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from pipeline.config_yaml import ConfigError, apply_overrides, read_config_file
 from pipeline.labels import (
-    DEFAULT_PROBES, EXPERIMENTS, ClipTarget, Fraction, ProbeSpec, hparams_key, optimizer_label,
+    DEFAULT_PROBES, EXPERIMENTS, HISTOGRAM_RANGE, ClipTarget, Fraction, ProbeSpec, hparams_key, optimizer_label,
 )
 from pipeline.layout import ResultsLayout
 from pipeline.workloads import WORKLOADS, validate_workload_spec
@@ -73,18 +73,38 @@ class Measure(_Strict):
 
     at: list[NonNegInt] | None = None  # measurement steps; with neither `at` nor `every`: 0 and the last
     every: PosInt | None = None
+    # The measurement batch (paper App. B): `batch_size` examples drawn once per run from the
+    # training split (the paper; it uses no held-out data) or the held-out `test` split; its loss is
+    # the mean of the losses of its sub-batches of `sub_batch_size` examples (null: one sub-batch).
+    batch: Literal["train", "test"] = "train"
+    batch_size: PosInt = 1024  # the paper's; tiny configs set fewer
+    sub_batch_size: PosInt | None = None  # must divide batch_size
     # Offsets s along v/||v|| (parameter-space distance) of the 1-D landscape; 0 is the reference loss.
     landscape_offsets: tuple[StrictFloat, ...] = (-0.2, -0.1, -0.05, 0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-    histogram_bins: PosInt = 40  # log10(|v_i| / ||v||_inf) from histogram_lo to histogram_hi
-    histogram_lo: StrictFloat = -8.0
-    histogram_hi: StrictFloat = 0.0
+    # The per-probe step search (paper Figs. 2-4): s = search_start * search_growth^k while the loss
+    # falls, then search_refinements rounds of search_points steps inside the bracket.
+    landscape_search: StrictBool = True
+    search_start: PosFloat = 1e-3
+    search_growth: Annotated[StrictFloat, Field(gt=1)] = 2.0
+    search_max_steps: PosInt = 40
+    search_refinements: NonNegInt = 3
+    search_points: PosInt = 4
+    # Update histogram (paper Fig. 1): `absolute` |v_i| on 30 log bins from 1e-15 to 10 (the
+    # paper's), or `relative` |v_i| / max|v| (default range 1e-8 to 1). lo/hi: log10 of the range
+    # ends, null for the scale's default.
+    histogram_scale: Literal["absolute", "relative"] = "absolute"
+    histogram_bins: PosInt = 30
+    histogram_lo: StrictFloat | None = None
+    histogram_hi: StrictFloat | None = None
     robust_delta: PosFloat = 0.01  # the shift of the robust sharpness, x + delta v/||v||
     # "default" (or unset): the paper's twelve probes (pipeline.labels.DEFAULT_PROBES)
     probes: Annotated[tuple[ProbeSpec, ...], BeforeValidator(_default_probes)] = DEFAULT_PROBES
     curvature: StrictBool = False  # top Hessian eigenvalue and |g| vs |H_ii| rank correlation
     lanczos_iters: PosInt = 20
     lanczos_tol: PosFloat = 1e-3
-    hutchinson_samples: PosInt = 8
+    # Rademacher samples of the Hutchinson diagonal: at 8 the estimate is mostly off-diagonal noise
+    # (docs/science.md, 'Beyond the paper: curvature', has the measurement behind this default).
+    hutchinson_samples: Annotated[StrictInt, Field(ge=2)] = 256
     topk_fraction: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.1
     # The share of SGD's sharpness carried by its top-k coordinates (paper Secs. 3.2, 4.1), per k;
     # empty: not measured. Written to the topk_share table at every measurement point.
@@ -298,6 +318,14 @@ def _check_block(where: str, block: ExperimentBlock) -> None:
         except re.error as err:
             raise ConfigError(f"{where}.measure.gn_params: expected attention, all or a regular expression; "
                               f"{block.measure.gn_params!r} is not one ({err})") from None
+    measure = block.measure
+    if measure.sub_batch_size is not None and measure.batch_size % measure.sub_batch_size:
+        raise ConfigError(f"{where}.measure.sub_batch_size: {measure.sub_batch_size} must divide "
+                          f"measure.batch_size ({measure.batch_size}): sub-batches are averaged with equal weight")
+    lo, hi = (d if v is None else v for v, d in zip((measure.histogram_lo, measure.histogram_hi),
+                                                    HISTOGRAM_RANGE[measure.histogram_scale]))
+    if lo >= hi:
+        raise ConfigError(f"{where}.measure.histogram_lo: {lo} must be below histogram_hi ({hi})")
     axes = {"seeds": block.seeds, "algorithms": block.algorithms}
     axes |= {f"algorithms.{a}.{axis}": getattr(g, axis) for a, g in block.algorithms.items()
              for axis in ("lr", "clip_fraction", "clip_target")}

@@ -65,26 +65,30 @@ def landscape(rows: Rows) -> dict[tuple, Figure]:
 
 
 def histograms(rows: Rows) -> dict[tuple, Figure]:
-    """Paper Fig. 1: the distribution over coordinates of log10 |v_i| (the table's bins) for SGD, Adam and
-    Adafactor (the unclipped probes when those are absent), one panel per measurement step."""
+    """Paper Fig. 1: the distribution over coordinates of log10 |v_i| (the table's bins; |v_i| / max|v| for
+    the relative scale) for SGD, Adam and Adafactor (the unclipped probes when those are absent), one panel
+    per measurement step; fractions of all coordinates, the out-of-range ones included."""
     figures = {}
     for key, group in _trajectories(rows):
         present = sorted({r["probe"] for r in group}, key=probe_sort_key)
         probes = [p for p in FIG1_PROBES if p in present] or [p for p in present if not family(p)[1]] or present
         steps = sorted({r["step"] for r in group})
         styles = family_styles(present)
+        relative = any(r.get("scale") == "relative" for r in group)
+        xlabel = "log10 |v_i| / max |v|  (relative scale)" if relative else "log10 |v_i|  (absolute scale)"
         fig, axes = grid(len(steps), 4.6, 3.0, cols=2)
         for ax, step in zip(axes, steps):
             for probe in probes:
-                bins = group_rows([r for r in group if r["probe"] == probe and r["step"] == step], ("bin_lo", "bin_hi"))
-                if not bins:
+                sr = [r for r in group if r["probe"] == probe and r["step"] == step]
+                bins = group_rows(sr, ("bin_lo", "bin_hi"))
+                edges = sorted(e for e in bins if math.isfinite(e[0]) and math.isfinite(e[1]))
+                if not edges:
                     continue
-                edges = sorted(bins)
+                total = sum(r["count"] for r in sr) or 1  # out-of-range rows included: fractions of all
                 counts = [sum(r["count"] for r in bins[e]) for e in edges]
-                total = sum(counts) or 1
                 ax.stairs([c / total for c in counts], [e[0] for e in edges] + [edges[-1][1]],
                           label=probe, color=styles[probe]["color"], linewidth=1.8)
-            ax.set(title=f"step {step}", xlabel="log10 coordinate size |v_i|  (the histogram table's bins)",
+            ax.set(title=f"step {step}", xlabel=xlabel,
                    ylabel="fraction of coordinates")
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{title(key)}\nhow update coordinates spread (paper Fig. 1): "

@@ -12,6 +12,9 @@ from pydantic import ConfigDict, Field, StrictFloat, StrictStr
 from pydantic.dataclasses import dataclass
 
 CLIP_TARGETS = ("grad", "update")
+# The update histogram's log10 range per scale when a config gives none (paper Fig. 1: |v_i| from
+# 1e-15 to 10; the relative form |v_i| / max|v| from 1e-8 to 1). pipeline/measure/histogram.py.
+HISTOGRAM_RANGE = {"absolute": (-15.0, 1.0), "relative": (-8.0, 0.0)}
 ClipTarget = Literal["grad", "update"]
 Fraction = Annotated[StrictFloat, Field(ge=0, le=1)]
 
@@ -19,7 +22,7 @@ Fraction = Annotated[StrictFloat, Field(ge=0, le=1)]
 # so that a sweep's tables/ does not change shape with what happened to be logged). The
 # sharpness experiment adds "curvature" when `measure.curvature` is on.
 EXPERIMENT_TABLES: dict[str, tuple[str, ...]] = {
-    "sharpness": ("sharpness", "landscape", "histogram", "topk_share"),
+    "sharpness": ("sharpness", "landscape", "histogram", "topk_share", "landscape_summary"),
     "convergence": ("convergence",),
     "smoothness": ("smoothness",),
 }

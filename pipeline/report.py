@@ -22,6 +22,7 @@ from pipeline.paper_values import (
 )
 from pipeline.provenance import provenance_section
 from pipeline.report_html import write_html
+from pipeline.report_landscape import landscape_section, local_vs_convergence_section
 from pipeline.schemas import DIVERGED
 from pipeline.tables import FINAL_WINDOW, group_rows, key_order, mean
 
@@ -31,11 +32,15 @@ Rows = list[dict[str, object]]
 TABLE_NOTES = {
     "sharpness": "tidy: per trial, measurement step and probe: directional sharpness (robust value when the raw "
     "one is negative), ratio to SGD (ours, and the paper's: raw over raw, Eq. 4 only where SGD is negative), "
-    "gradient correlation, update norm",
+    "gradient correlation, update norm, clip threshold tau, share of zero gradient coordinates, and the "
+    "measurement batch (split, size, sub-batch size)",
     "topk_share": "tidy: per trial and measurement step, SGD's sharpness with its top-k coordinates masked and "
     "the share of its sharpness they carry (paper Secs. 3.2, 4.1)",
-    "landscape": "tidy: loss on the fixed test batch at x + s v/||v|| along each probe's update",
-    "histogram": "tidy: histogram of log10 |v_i| / ||v||_inf per probe (paper Fig. 1)",
+    "landscape": "tidy: loss on the fixed measurement batch at x + s v/||v|| along each probe's update, on a grid",
+    "landscape_summary": "tidy: per probe, the searched step s with the best loss reduction, that reduction, the "
+    "step where the loss rises again, the search's resolution (paper Figs. 2-4)",
+    "histogram": "tidy: histogram of log10 |v_i| per probe, the paper's 30 bins from 1e-15 to 10 (or relative to "
+    "max |v| where `scale` says so), out-of-range counts in open-ended rows (paper Fig. 1)",
     "convergence": "tidy: train loss per step, test loss where evaluated (paper Fig. 6)",
     "convergence_summary": "per setting (workload, block label, algorithm, clip, hparams): best lr, final loss "
     "mean/std over seeds, speed-up from clipping",
@@ -50,6 +55,8 @@ TABLE_NOTES = {
     "mean over seeds",
     "orderings": "the paper's claims checked per workload, trajectory and probe: ours and the paper's published "
     "values side by side, with the verdict",
+    "local_vs_convergence": "paper Sec. 5: per trajectory, each probe's rank by best local loss reduction beside "
+    "its optimizer's rank by final loss in the convergence runs, and the rank correlation",
     "trials": "one row per completed trial: the node that ran it (Ray's node address), its wall time, its status "
     "(finished or diverged) and where it diverged",
 }
@@ -218,7 +225,8 @@ def _sharpness_section(rows: Rows, figures: Mapping[str, Path], sharpness: Rows)
     out = ["## Directional sharpness ratio to SGD (paper Tables 1, 4-7; Figs. 1-3)", "",
            "Each seed's cell is our ratio: the directional sharpness v^T H v / ||v||^2 of one probe's update "
            "(the robust value at x + 0.01 v/||v|| when the raw one is negative), divided by that of the SGD "
-           "probe (likewise) at the same step, on the fixed test batch, along the trajectory of the training "
+           "probe (likewise) at the same step, on the fixed measurement batch (training examples unless the "
+           "sharpness table's `measure_batch` says `test`), along the trajectory of the training "
            "optimizer named in the heading; `mean` is their mean over seeds. `paper ratio` is the mean over "
            "seeds of the paper's ratio: raw over raw, with the shifted Hessian (Eq. 4) for every direction only "
            "where SGD's own raw value is negative (App. B.3), signs kept, as its Tables 4-7 print them. "
@@ -253,8 +261,10 @@ def _convergence_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
            "unclipped steps / clipped steps (> 1: clipping is faster), loss ratio = clipped / unclipped "
            "final loss (< 1: clipping ends lower). `-` where a run is missing or never reached the "
            "target; `diverged` where every seed at every lr diverged (a diverged run has no final loss, and "
-           "learning rates where a seed diverged are chosen only when every lr had one). "
-           "The figure shows the loss curves at the best lr with a +-1 std band over seeds.", ""]
+           "learning rates where a seed diverged are chosen only when every lr had one). `(edge)`: the best "
+           "lr is the smallest or largest of its grid, so the grid does not bracket the optimum and a better "
+           "lr may lie beyond it. The figure shows the loss curves at the best lr with a +-1 std band over "
+           "seeds.", ""]
     header = ["algorithm", "setting", "lr", "final loss", "clip", "clip lr", "clip final loss",
               "steps", "clip steps", "speed-up", "loss ratio"]
     for (workload,), group in sorted(group_rows(rows, ("workload",)).items()):
@@ -265,9 +275,9 @@ def _convergence_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
             if r["clip_fraction"] is not None:
                 clip = optimizer_label(r["algorithm"], r["clip_fraction"], r["clip_target"])
             body.append([
-                r["algorithm"], _setting(r), _lr_cell(r["lr"], r["n_seeds"]),
+                r["algorithm"], _setting(r), _lr_cell(r["lr"], r["n_seeds"], r.get("lr_at_edge")),
                 _pm(r["final_loss_mean"], r["final_loss_std"], r["n_seeds"] and r["n_diverged"] == r["n_seeds"]),
-                clip, _lr_cell(r["clip_lr"], r["clip_n_seeds"]),
+                clip, _lr_cell(r["clip_lr"], r["clip_n_seeds"], r.get("clip_lr_at_edge")),
                 _pm(r["clip_final_loss_mean"], r["clip_final_loss_std"],
                     r["clip_n_seeds"] and r["clip_n_diverged"] == r["clip_n_seeds"]), r["steps_to_target"],
                 r["clip_steps_to_target"], r["speedup"], r["loss_ratio"],
@@ -279,9 +289,9 @@ def _convergence_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
     return out
 
 
-def _lr_cell(lr: float | None, n_seeds: int | None) -> str | None:
+def _lr_cell(lr: float | None, n_seeds: int | None, at_edge: bool | None = None) -> str | None:
     # No runs on that side (n_seeds null): "-", not the text of a null lr (Adafactor's relative step).
-    return None if n_seeds is None else fig.lr_text(lr)
+    return None if n_seeds is None else fig.lr_text(lr) + (" (edge)" if at_edge else "")
 
 
 def _pm(m: float | None, s: float | None, diverged: object = False) -> str | None:
@@ -353,7 +363,9 @@ def _curvature_section(every: Rows, figures: Mapping[str, Path]) -> list[str]:
     out = ["## Curvature beside directional sharpness (beyond the paper, Sec. 4.2 conjecture)", "",
            "lambda_max is the top Hessian eigenvalue (Lanczos) on the test batch; rank corr is the "
            "Spearman correlation between |g_i| and the Hutchinson estimate of |H_ii| over all "
-           "coordinates and over the top-k fraction by |g|. The probe columns give each probe's raw "
+           "coordinates and over the top-k fraction by |g|; `H stderr` is the Hutchinson estimate's "
+           "||standard error|| / ||estimate|| (above ~0.3 the |H_ii| ranks are mostly sampling noise: read the "
+           "correlations against it). The probe columns give each probe's raw "
            "directional sharpness divided by lambda_max (at most 1: sharpness along one direction "
            "cannot exceed the top eigenvalue). Means over seeds"
            + (f"; left out: {len(left_out)} diverged trial(s) ({', '.join(left_out)})." if left_out else "."), ""]
@@ -368,10 +380,12 @@ def _curvature_section(every: Rows, figures: Mapping[str, Path]) -> list[str]:
                 vals = [v for v in vals if v is not None]
                 ratios.append(mean(vals) if vals else None)
             converged = f"{sum(r['lanczos_converged'] for r in points)}/{len(points)}"
+            noise = [r.get("hutchinson_rel_stderr") for r in points]
+            noise = [v for v in noise if v is not None]
             body.append([step, mean([r["top_eigenvalue"] for r in points]), converged,
                          mean([r["rank_corr_all"] for r in points]), mean([r["rank_corr_topk"] for r in points]),
-                         *ratios])
-        header = ["step", "lambda_max", "converged", "rank corr", "rank corr top-k", *probes]
+                         mean(noise) if noise else None, *ratios])
+        header = ["step", "lambda_max", "converged", "rank corr", "rank corr top-k", "H stderr", *probes]
         out += [_heading(key), "", markdown_table(header, body), ""]
         out += _image(fig.trajectory_stem("curvature", key), figures)
     return out
@@ -404,6 +418,10 @@ def render_report(
         out += _sharpness_section(rows["table1_sharpness_ratio"], figures, rows.get("sharpness", []))
     if rows.get("topk_share"):
         out += _topk_section(rows["topk_share"])
+    if rows.get("landscape_summary"):
+        out += landscape_section(rows["landscape_summary"])
+    if rows.get("local_vs_convergence"):
+        out += local_vs_convergence_section(rows["local_vs_convergence"])
     if rows.get("table3_convergence"):
         out += _convergence_section(rows["table3_convergence"], figures)
     if rows.get("table8_smoothness"):

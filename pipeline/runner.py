@@ -127,6 +127,10 @@ def run_trial(
         encoded = encode_trial_records(trial.identity(), records, status=status)
         flush()
         tracked = sink.finish(trial, encoded, status)
+    except (KeyboardInterrupt, SystemExit):
+        # Stopped (Ctrl-C, SIGTERM, Ray Tune ending the trial's actor), not failed: no error file;
+        # the driver ends its run KILLED, and a re-run resumes the trial.
+        raise
     except BaseException:
         with contextlib.suppress(Exception):  # the experiment's error is the one to report
             flush()

@@ -76,6 +76,11 @@ _EXPERIMENT_COLUMNS: dict[str, list[pa.Field]] = {
         ("sharpness_shifted", F64, True),
         # the paper's ratio: raw / raw; shifted / shifted where SGD's raw value is negative
         ("ratio_to_sgd_paper", F64, True),
+        # diagnostics: the clip threshold tau the probe used (null: it does not clip) and the share
+        # of exactly-zero coordinates of the step's gradient (zeros pull a large-k tau down)
+        ("clip_tau", F64, True), ("grad_zero_fraction", F64),
+        # the measurement batch: split (train, as the paper; or test), examples, sub-batch size
+        ("measure_batch", STR), ("measure_batch_size", I64), ("measure_sub_batch_size", I64),
     ),
     # The share of SGD's sharpness carried by its top-k coordinates (pipeline.measure.topk).
     "topk_share": _fields(
@@ -83,11 +88,23 @@ _EXPERIMENT_COLUMNS: dict[str, list[pa.Field]] = {
         ("sharpness_masked", F64), ("sharpness_share", F64), ("norm_share", F64),
     ),
     "landscape": _fields(("step", I64), ("probe", STR), ("offset", F64), ("loss", F64), ("loss_change", F64)),
-    "histogram": _fields(("step", I64), ("probe", STR), ("bin_lo", F64), ("bin_hi", F64), ("count", I64)),
+    # The per-probe step search along v/||v|| (paper Figs. 2-4): steps are distances s.
+    "landscape_summary": _fields(
+        ("step", I64), ("probe", STR), ("base_loss", F64), ("best_step", F64), ("best_loss", F64),
+        ("best_reduction", F64), ("rise_step", F64, True), ("resolution", F64, True), ("bracketed", BOOL),
+        ("evaluations", I64),
+    ),
+    # bin_lo / bin_hi: log10 of the edges (of |v_i|, or of |v_i| / max|v| with scale "relative");
+    # the first and last rows of a probe are open-ended (-inf, lo) and (hi, inf): out of range.
+    "histogram": _fields(("step", I64), ("probe", STR), ("scale", STR), ("bin_lo", F64), ("bin_hi", F64),
+                         ("count", I64)),
     "convergence": _fields(("step", I64), ("train_loss", F64), ("test_loss", F64, True)),
     "curvature": _fields(
         ("step", I64), ("top_eigenvalue", F64), ("lanczos_iters", I64), ("lanczos_tol", F64),
-        ("lanczos_converged", BOOL), ("hutchinson_samples", I64), ("rank_corr_all", F64),
+        ("lanczos_converged", BOOL), ("hutchinson_samples", I64),
+        # the Hutchinson diagonal's noise: ||stderr|| / ||estimate|| and the share of coordinates
+        # whose estimate exceeds twice its standard error
+        ("hutchinson_rel_stderr", F64, True), ("hutchinson_resolved", F64), ("rank_corr_all", F64),
         ("rank_corr_topk", F64), ("topk_fraction", F64),
     ),
     "smoothness": _fields(
@@ -106,6 +123,7 @@ _EXPERIMENT_COLUMNS: dict[str, list[pa.Field]] = {
 _EXPERIMENT_KEYS = {
     "sharpness": ("step", "probe"),
     "landscape": ("step", "probe", "offset"),
+    "landscape_summary": ("step", "probe"),
     "histogram": ("step", "probe", "bin_lo"),
     "topk_share": ("step", "probe", "topk_fraction"),
     "convergence": ("step",),
@@ -159,6 +177,7 @@ CONVERGENCE_SUMMARY = derived_spec(
         # finished, diverged (every seed at best_lr) or partly_diverged; n_diverged of n_seeds
         ("status", STR), ("n_lrs", I64), ("n_seeds", I64), ("n_diverged", I64),
         ("final_window", I64), ("last_step", I64),
+        ("best_lr_at_edge", BOOL, True),      # the best lr is its grid's smallest or largest: not bracketed
         # over the finished seeds; null when none finished; std null with one seed
         ("final_loss_mean", F64, True), ("final_loss_std", F64, True),
         ("final_test_loss_mean", F64, True),
@@ -185,9 +204,10 @@ TABLE3_CONVERGENCE = derived_spec(
     "table3_convergence", "setting",
     _fields(
         ("baseline_label", STR, True),
-        ("lr", F64, True), ("final_loss_mean", F64, True), ("final_loss_std", F64, True),
+        ("lr", F64, True), ("lr_at_edge", BOOL, True), ("final_loss_mean", F64, True), ("final_loss_std", F64, True),
         ("n_seeds", I64, True), ("n_diverged", I64, True),
-        ("clip_lr", F64, True), ("clip_final_loss_mean", F64, True), ("clip_final_loss_std", F64, True),
+        ("clip_lr", F64, True), ("clip_lr_at_edge", BOOL, True),
+        ("clip_final_loss_mean", F64, True), ("clip_final_loss_std", F64, True),
         ("clip_n_seeds", I64, True), ("clip_n_diverged", I64, True),
         ("steps_to_target", I64, True), ("clip_steps_to_target", I64, True),
         ("speedup", F64, True), ("loss_ratio", F64, True),
@@ -221,6 +241,18 @@ ORDERINGS = derived_spec(
     ("claim", "subject"),
 )
 
+# Sec. 5's link: better local loss reduction along an algorithm's direction <-> faster convergence.
+LOCAL_VS_CONVERGENCE = derived_spec(
+    "local_vs_convergence", "trajectory",
+    _fields(
+        ("trajectory", STR), ("probe", STR),
+        ("n_points", I64), ("best_reduction_mean", F64), ("reduction_rank", I64),
+        ("convergence_lr", F64, True), ("final_loss_mean", F64, True), ("convergence_rank", I64, True),
+        ("n_ranked", I64), ("rank_correlation", F64, True),
+    ),
+    ("probe",),
+)
+
 OUTPUT_TABLES: dict[str, TableSpec] = {
     **{name: spec for name, spec in TRIAL_OUTPUTS.items() if name != "curvature"},
     "curvature": CURVATURE_JOINED,
@@ -229,4 +261,5 @@ OUTPUT_TABLES: dict[str, TableSpec] = {
     "table3_convergence": TABLE3_CONVERGENCE,
     "table8_smoothness": TABLE8_SMOOTHNESS,
     "orderings": ORDERINGS,
+    "local_vs_convergence": LOCAL_VS_CONVERGENCE,
 }

@@ -1,22 +1,28 @@
 """The single writer of a sweep's results: trial records, done marks, error files and the trials'
 tracking runs. On Ray it runs as an actor on the driver's node (pipeline.sweep), so that trials on
 any node send their records and metrics there and never write to their own node's disk or store;
-without Ray (tests, benchmarks) it is called directly."""
+without Ray (tests, benchmarks) it is called directly.
+
+Tracking is never on the critical path: the first tracking call that fails (a server down or too
+slow: MLflow's HTTP timeouts are seconds, pipeline.tracking.HTTP_ENV) is remembered, tracking stops
+for the rest of the sweep, and the records, done marks and error files are written as ever; the
+sweep then says that tracking failed and `python -m pipeline sync-mlflow` repairs the store."""
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from pipeline.atomic import atomic_write_text
 from pipeline.config import Trial
 from pipeline.layout import ResultsLayout
 from pipeline.records import write_encoded_records
-from pipeline.tracking import SweepRun, TrialRun
+from pipeline.tracking import SweepRun, TrialRun, first_line
 
 Point = tuple[int, Mapping[str, float]]
+T = TypeVar("T")
 
 
 class ResultsSink:
@@ -27,19 +33,39 @@ class ResultsSink:
         self.layout = layout
         self.sweep_run = sweep_run
         self._runs: dict[str, TrialRun] = {}
+        self.tracking_error: str | None = None  # the first tracking failure; tracking stops there
+
+    def _track(self, call: Callable[..., T], *args: Any) -> T | None:
+        """A tracking call, unless tracking has failed; its failure is kept, never raised."""
+        if self.tracking_error is not None:
+            return None
+        try:
+            return call(*args)
+        except Exception as err:
+            self.tracking_error = f"{type(err).__name__}: {first_line(err)}"
+            self._runs.clear()
+            return None
+
+    def tracking_failure(self) -> str | None:
+        return self.tracking_error
 
     def start(self, trial: Trial) -> str | None:
-        """A trial begins: what an earlier, unfinished attempt left goes; its tracking run starts.
-        Returns the run's id (None when the tracker has none), which the trial records in `trials`."""
+        """A trial begins: what an earlier, unfinished attempt left goes; its tracking run starts,
+        or goes on (a retried trial keeps its run: the sweep run finds it by trial id). Returns the
+        run's id, which the trial records in `trials` (None: no run, or tracking has failed)."""
         shutil.rmtree(self.layout.records_dir(trial.trial_id), ignore_errors=True)
         self.layout.error_file(trial.trial_id).unlink(missing_ok=True)
-        run = self._runs[trial.trial_id] = self.sweep_run.start_trial(trial)
-        return getattr(run, "run_id", None)
+        if trial.trial_id not in self._runs:
+            run = self._track(self.sweep_run.start_trial, trial)
+            if run is not None:
+                self._runs[trial.trial_id] = run
+        run = self._runs.get(trial.trial_id)
+        return getattr(run, "run_id", None) if run is not None else None
 
     def log(self, trial_id: str, points: Sequence[Point]) -> None:
-        run = self._runs[trial_id]
-        for step, metrics in points:
-            run.log(step, metrics)
+        run = self._runs.get(trial_id)
+        for step, metrics in points if run is not None else ():
+            self._track(run.log, step, metrics)
 
     def finish(self, trial: Trial, encoded: Mapping[str, bytes], status: str = "finished") -> dict[str, Any]:
         """The trial's records land, then its done mark; returns the tracking cost.
@@ -47,18 +73,21 @@ class ResultsSink:
         `status` is the trial's outcome (finished or diverged): a tag of its run, which ends
         FINISHED either way (the trial ran to its end; what it found is the tag)."""
         paths = write_encoded_records(self.layout.records_dir(trial.trial_id), encoded)
-        run = self._runs.pop(trial.trial_id)
-        run.set_tags({"status": status})
-        run.log_artifacts(paths, "records")
+        run = self._runs.pop(trial.trial_id, None)
+        if run is not None:
+            self._track(run.set_tags, {"status": status})
+            self._track(run.log_artifacts, paths, "records")
         atomic_write_text(self.layout.done_mark(trial.trial_id), json.dumps(trial.to_json(), sort_keys=True, indent=1))
-        run.end("FINISHED")
-        return {"tracking_seconds": run.seconds, "metrics_logged": run.metrics_logged}
+        if run is not None:
+            self._track(run.end, "FINISHED")
+        return {"tracking_seconds": run.seconds if run else 0.0, "metrics_logged": run.metrics_logged if run else 0}
 
-    def end_open(self, status: str) -> list[str]:
-        """End the runs of trials that never finished nor failed (their process died): `status`."""
+    def end_open(self, status: str, reason: str | None = None) -> list[str]:
+        """End the runs of trials that never finished nor failed (their process died or was
+        stopped): `status`, with the reason."""
         ended = sorted(self._runs)
         for trial_id in ended:
-            self._runs.pop(trial_id).end(status)
+            self._track(self._runs.pop(trial_id).end, status, reason)
         return ended
 
     def fail(self, trial_id: str, text: str) -> None:
@@ -66,4 +95,5 @@ class ResultsSink:
         atomic_write_text(self.layout.error_file(trial_id), text)
         run = self._runs.pop(trial_id, None)
         if run is not None:
-            run.end("FAILED")
+            lines = [line for line in text.splitlines() if line.strip()]
+            self._track(run.end, "FAILED", lines[-1] if lines else "failed")

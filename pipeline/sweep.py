@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -27,13 +28,16 @@ from ray import tune
 
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from pipeline.atomic import atomic_write_text
 from pipeline.config import ConfigError, SweepConfig, Trial
+from pipeline.interrupts import StopSignals
 from pipeline.labels import EXPERIMENT_TABLES
 from pipeline.layout import ResultsLayout
 from pipeline.preflight import check_cluster_resources
 from pipeline.progress import Progress
 from pipeline.runner import SweepPlan, run_trial
 from pipeline.sink import ResultsSink
+from pipeline.redact import mask_uri
 
 Log = Callable[[str], None]
 # Trials forward their step metrics to Ray Tune at most this often, and each change of phase at once
@@ -44,7 +48,9 @@ TUNE_REPORT_SECONDS = 2.0
 # and keep the traceback in the trial's folder. Ray warns at every local start that token
 # authentication is on (its default): not news for a sweep. `--verbose` keeps both.
 _QUIET_LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.tune",
-                  "ray._private.authentication.authentication_token_setup")
+                  "ray._private.authentication.authentication_token_setup",
+                  # After an interrupt it warns about trials that never started (no results): they resume.
+                  "ray.tune.analysis.experiment_analysis")
 
 
 @dataclass
@@ -53,6 +59,9 @@ class SweepOutcome:
     failed: dict[str, str] = field(default_factory=dict)  # trial id -> the error's last line
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # trial id -> run_trial's summary
     seconds: float = 0.0
+    interrupted: list[str] = field(default_factory=list)  # stopped by SIGINT / SIGTERM: they resume
+    signal: int | None = None  # the stop signal that ended the sweep early
+    tracking_error: str | None = None  # the first tracking failure (the records are complete regardless)
     sweep_run: Any = None  # the tracking store's sweep run (pipeline.tracking.SweepRun), when trials ran
 
 
@@ -66,13 +75,21 @@ class RemoteSink:
         return ray.get(self.actor.start.remote(trial))
 
     def log(self, trial_id: str, points: list[tuple[int, dict[str, float]]]) -> None:
-        ray.get(self.actor.log.remote(trial_id, points))
+        # Not waited for: a slow tracking store must not slow the trial (the actor runs one
+        # caller's calls in order, so `finish` still comes after every `log`).
+        self.actor.log.remote(trial_id, points)
 
     def finish(self, trial: Trial, encoded: dict[str, bytes], status: str = "finished") -> dict[str, Any]:
         return ray.get(self.actor.finish.remote(trial, encoded, status))
 
     def fail(self, trial_id: str, text: str) -> None:
         ray.get(self.actor.fail.remote(trial_id, text))
+
+
+def write_tracking_file(layout: ResultsLayout, uri: str, experiment: str) -> None:
+    """Where the sweep's runs are (read by `sync-mlflow`); a URI's password is masked."""
+    text = json.dumps({"tracking_uri": mask_uri(uri), "experiment": experiment})
+    atomic_write_text(layout.sweep_dir / "tracking.json", text)
 
 
 def _start_sink(layout: ResultsLayout, sweep_run: Any) -> ray.actor.ActorHandle:
@@ -162,7 +179,7 @@ def _stderr_to(path: os.PathLike[str] | None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _ray_session(config: SweepConfig, *, verbose: bool = False, log_file: os.PathLike[str] | None = None,
-                 progress: Progress | None = None) -> Iterator[None]:
+                 progress: Progress | None = None, signals: StopSignals | None = None) -> Iterator[None]:
     """Joins the running Ray (tests, `ray.address`) or starts a local one and stops it after.
 
     Unless `verbose`, what Ray prints while it starts and stops goes to `log_file`, and the loggers in
@@ -189,6 +206,8 @@ def _ray_session(config: SweepConfig, *, verbose: bool = False, log_file: os.Pat
                     configure_logging=True,
                     logging_level=logging.INFO if verbose else logging.WARNING,
                 )
+            if signals is not None:
+                signals.install()  # ray.init installed its own SIGTERM handler (sys.exit)
             if not local:  # a trial no node can hold would wait forever: say so now (ConfigError)
                 check_cluster_resources(config, ray.nodes())
             if progress is not None:
@@ -216,52 +235,98 @@ def _refused_as_config_error(address: str | None) -> Iterator[None]:
                           "of a running Ray head (host:port) or null for a local Ray") from None
 
 
-def run(plan: SweepPlan, *, log: Log = lambda line: None, verbose: bool = False) -> SweepOutcome:
+def run(plan: SweepPlan, *, log: Log = lambda line: None, verbose: bool = False,
+        signals: StopSignals | None = None) -> SweepOutcome:
     """Run the planned trials on Ray Tune; each sends its results to the sink on this node. Progress
-    lines go to stdout (pipeline.progress); `verbose` keeps Ray's and Tune's own output."""
+    lines go to stdout (pipeline.progress); `verbose` keeps Ray's and Tune's own output.
+
+    The sweep's tracking run is found again when this sweep ran before (one run per sweep), and no
+    run is left RUNNING when this returns or raises: trials that were stopped end KILLED, trials
+    whose process died FAILED, with the reason. Tracking failures are counted, never raised, once
+    the sweep's run exists (SweepOutcome.tracking_error). `signals`: the command's stop signals."""
     config, outcome, start = plan.config, SweepOutcome(), time.perf_counter()
+    signals = signals or StopSignals()
     if plan.done:
         log(f"{len(plan.done)} of {plan.total} trials already finished in {plan.layout.sweep_dir}: skipped")
-    if plan.trials:
-        # The store, the experiment and the parent run exist before any trial starts.
-        sweep_run = plan.tracker.start_sweep(
-            config.name, description=config.description,
-            tags={"trials": str(len(plan.trials)), "sweep_dir": str(plan.layout.sweep_dir)},
-        )
-        outcome.sweep_run = sweep_run
-        plan.layout.write_plan([t.trial_id for t in config.trials], {t.trial_id: t.experiment for t in config.trials})
-        plan.layout.write_config(config.to_yaml())  # the report shows it; `sweep <it>` reruns the sweep
-        plan.layout.ray_dir.mkdir(parents=True, exist_ok=True)
-        status = "KILLED"  # unless the fit returns
-        progress = Progress(config.name, {t.trial_id: t.steps for t in plan.trials}, done_earlier=len(plan.done))
-        try:
-            with progress, _ray_session(config, verbose=verbose, log_file=plan.layout.ray_dir / "ray-driver.log",
-                                        progress=progress):
-                sink = _start_sink(plan.layout, sweep_run)
-                try:
-                    results = _fit(plan, sink, progress, verbose)
-                finally:  # a trial whose worker died left its run open: end it, never RUNNING
-                    with contextlib.suppress(Exception):
-                        ray.get(sink.end_open.remote("FAILED"), timeout=60)
-            planned = {t.trial_id: t for t in plan.trials}
-            for result in results:
-                trial_id = result.config["trial_id"]
-                if result.error is not None:
-                    error_file = plan.layout.error_file(trial_id)
-                    where = f" (traceback: {error_file})" if error_file.is_file() else ""
-                    outcome.failed[trial_id] = _error_line(result.error) + where
-                elif (missing := _missing_records(plan.layout, planned[trial_id])):
-                    where = plan.layout.sweep_dir
-                    outcome.failed[trial_id] = f"finished, but its records are not in {where}: {missing}"
-                else:
-                    outcome.finished.append(trial_id)
-                    outcome.results[trial_id] = dict(result.metrics or {})
-            status = "FAILED" if outcome.failed else "FINISHED"
-        finally:
-            sweep_run.end(status)
+    # The store, the experiment and the parent run exist before any trial starts (TrackingError
+    # here: the store cannot be used at all, reported before Ray starts).
+    sweep_run = plan.tracker.start_sweep(
+        config.name, description=config.description,
+        tags={"trials": str(plan.total), "sweep_dir": str(plan.layout.sweep_dir)},
+    )
+    outcome.sweep_run = sweep_run
+    write_tracking_file(plan.layout, plan.tracker.uri, config.name)
+    plan.layout.write_plan([t.trial_id for t in config.trials], {t.trial_id: t.experiment for t in config.trials})
+    plan.layout.write_config(config.to_yaml())  # the report shows it; `sweep <it>` reruns the sweep
+    status, reason = "KILLED", "the sweep command ended before its trials did"
+    try:
+        if plan.trials:
+            _run_trials(plan, sweep_run, outcome, signals, verbose)
+        if outcome.signal is not None:
+            status, reason = "KILLED", f"stopped by {_signal_name(outcome.signal)}; re-run the command to resume"
+        elif outcome.failed:
+            status, reason = "FAILED", f"{len(outcome.failed)} trials failed"
+        else:
+            status, reason = "FINISHED", None
+    finally:
+        finished = [*plan.done, *outcome.finished]
+        try:  # runs left RUNNING by an earlier, killed invocation end too
+            sweep_run.close_stale(finished, "the sweep command ended before this trial did")
+            sweep_run.end(status, reason)
+        except Exception as err:
+            outcome.tracking_error = outcome.tracking_error or f"{type(err).__name__}: {_error_line(err)}"
     outcome.seconds = time.perf_counter() - start
     _no_reset_at_exit()
     return outcome
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def _run_trials(plan: SweepPlan, sweep_run: Any, outcome: SweepOutcome, signals: StopSignals, verbose: bool) -> None:
+    config = plan.config
+    plan.layout.ray_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(config.name, {t.trial_id: t.steps for t in plan.trials}, done_earlier=len(plan.done))
+    with progress, _ray_session(config, verbose=verbose, log_file=plan.layout.ray_dir / "ray-driver.log",
+                                progress=progress, signals=signals):
+        sink = _start_sink(plan.layout, sweep_run)
+        try:
+            signals.graceful = True
+            results = _fit(plan, sink, progress, verbose)
+        finally:
+            signals.graceful = False
+            outcome.signal = signals.signum
+            # A trial stopped by a signal, or whose worker died, left its run open: end it, never RUNNING.
+            status, reason = ("KILLED", f"stopped by {_signal_name(signals.signum)}") if signals.signum else (
+                "FAILED", "the trial's process died")
+            with contextlib.suppress(Exception):
+                ray.get(sink.end_open.remote(status, reason), timeout=60)
+            with contextlib.suppress(Exception):
+                outcome.tracking_error = ray.get(sink.tracking_failure.remote(), timeout=60)
+    planned = {t.trial_id: t for t in plan.trials}
+    seen = set()
+    for result in results:
+        if not result.config:  # interrupted before Tune started it
+            continue
+        trial_id = result.config["trial_id"]
+        seen.add(trial_id)
+        error_file = plan.layout.error_file(trial_id)
+        missing = _missing_records(plan.layout, planned[trial_id])
+        if missing is not None and outcome.signal is not None and not error_file.is_file():
+            outcome.interrupted.append(trial_id)
+        elif result.error is not None:
+            where = f" (traceback: {error_file})" if error_file.is_file() else ""
+            outcome.failed[trial_id] = _error_line(result.error) + where
+        elif missing is not None:
+            outcome.failed[trial_id] = f"finished, but its records are not in {plan.layout.sweep_dir}: {missing}"
+        else:
+            outcome.finished.append(trial_id)
+            outcome.results[trial_id] = dict(result.metrics or {})
+    if outcome.signal is not None:  # trials Tune never started
+        outcome.interrupted += [t for t in planned if t not in seen]
 
 
 def _no_reset_at_exit() -> None:
@@ -288,6 +353,9 @@ def _fit(plan: SweepPlan, sink: ray.actor.ActorHandle, progress: Progress, verbo
     # verbose=0; the classic one stays quiet, and _Progress says what happens.
     if not verbose:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # SIGINT is ours (pipeline.interrupts): it stops Tune through Tune's SIGUSR1 handler and
+    # remembers which signal it was.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     trainable = tune.with_parameters(
         _trainable,
         trials={t.trial_id: t for t in plan.trials},

@@ -137,6 +137,7 @@ def convergence_summary(rows: Iterable[Row], *, final_window: int = FINAL_WINDOW
     the lowest mean over seeds of the final train loss (NaN counts as +inf; ties go to the smaller
     lr); a diverged run has no final loss, and a step-0 loss is never one. `status` says whether
     the runs at that lr finished, all diverged or partly diverged (`n_diverged` of `n_seeds`).
+    best_lr_at_edge flags a best lr at either end of its grid.
     speedup (clipped rows only): steps the unclipped run of the same
     algorithm (at its best lr) needs to reach its own final loss, divided by the steps the clipped
     run (at its best lr) needs to reach that same loss; both read off the seed-mean loss curve
@@ -155,14 +156,15 @@ def convergence_summary(rows: Iterable[Row], *, final_window: int = FINAL_WINDOW
             results[lr] = _lr_result(runs, final_window)
         ranked = sorted(results, key=lambda lr: (results[lr]["n_diverged"] > 0,
                                                  _nan_last(results[lr]["final_loss_mean"]), _lr_key(lr)))
-        best[key] = {"best_lr": ranked[0], "n_lrs": len(results), **results[ranked[0]]}
+        best[key] = {"best_lr": ranked[0], "n_lrs": len(results), "best_lr_at_edge": lr_at_edge(ranked[0], results),
+                     **results[ranked[0]]}
     out = []
     for key, res in best.items():
         setting = dict(zip(SETTING_KEY, key))
         row = {
             **setting, "baseline_label": None, "best_lr": res["best_lr"],
-            "status": res["status"], "n_lrs": res["n_lrs"], "n_seeds": res["n_seeds"],
-            "n_diverged": res["n_diverged"], "final_window": final_window,
+            "status": res["status"], "n_lrs": res["n_lrs"], "best_lr_at_edge": res["best_lr_at_edge"],
+            "n_seeds": res["n_seeds"], "n_diverged": res["n_diverged"], "final_window": final_window,
             "last_step": res["last_step"], "final_loss_mean": res["final_loss_mean"],
             "final_loss_std": res["final_loss_std"], "final_test_loss_mean": res["final_test_loss_mean"],
             "target_loss": None, "steps_to_target": None, "baseline_steps_to_target": None,
@@ -184,6 +186,16 @@ def convergence_summary(rows: Iterable[Row], *, final_window: int = FINAL_WINDOW
                 row["loss_ratio"] = float(res["final_loss_mean"]) / target
         out.append(row)
     return out
+
+
+def lr_at_edge(best: float | None, grid: Iterable[float | None]) -> bool | None:
+    """Whether the best lr is the smallest or the largest fixed lr of its grid (a one-point grid
+    included): the grid does not bracket the optimum, a better lr may lie beyond it. None for
+    Adafactor's relative step, which has no neighbours."""
+    if best is None:
+        return None
+    fixed = [lr for lr in grid if lr is not None]
+    return best in (min(fixed), max(fixed))
 
 
 def _nan_last(x: object) -> float:
@@ -240,11 +252,13 @@ def _table3_row(ident: Row, base: Row | None, clip: Row | None) -> dict[str, obj
         "clip_target": clip["clip_target"] if clip else None,
         "baseline_label": base["label"] if base else None,
         "lr": base["best_lr"] if base else None,
+        "lr_at_edge": base["best_lr_at_edge"] if base else None,
         "final_loss_mean": base["final_loss_mean"] if base else None,
         "final_loss_std": base["final_loss_std"] if base else None,
         "n_seeds": base["n_seeds"] if base else None,
         "n_diverged": base["n_diverged"] if base else None,
         "clip_lr": clip["best_lr"] if clip else None,
+        "clip_lr_at_edge": clip["best_lr_at_edge"] if clip else None,
         "clip_final_loss_mean": clip["final_loss_mean"] if clip else None,
         "clip_final_loss_std": clip["final_loss_std"] if clip else None,
         "clip_n_seeds": clip["n_seeds"] if clip else None,

@@ -89,7 +89,7 @@ def test_the_report_states_the_counts_per_table_and_the_seed_mismatch(tmp_path):
     assert "| `sharpness` (not built: no records) | 1 | 0 | 0 | 0 | 1 | - |" in text
     assert "Failed: clip-s1." in text and "Missing: sharp-s0." in text
     # Right under the comparison it concerns: the Table 3 row of sgd vs sgd_clip0.1.
-    table3 = text.index("| sgd | 0.1 |")
+    table3 = text.index("| sgd | 0.1 (edge) |")
     note = "Note: seeds differ: sgd unclipped 2 seeds vs clipped (0.1, grad) 1 seed."
     assert text.index(note) > table3 and text.count(note) == 1
 

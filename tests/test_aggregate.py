@@ -68,9 +68,12 @@ TRAJ_LR = {"sgd": 0.1, "adam": 0.001}
 def write_sharpness(sweep_dir, with_landscape=True):
     for (algorithm, seed), by_step in SHARP.items():
         t = trial("sharpness", algorithm, 0.0, TRAJ_LR[algorithm], seed)
-        sharp, land, hist, curv = [], [], [], []
+        sharp, land, hist, curv, summary = [], [], [], [], []
         for step, values in by_step.items():
             for probe, s in zip(PROBES, values):
+                summary.append({"step": step, "probe": probe, "base_loss": 3.0, "best_step": 0.1 / s,
+                                "best_loss": 3.0 - 0.05 / s, "best_reduction": 0.05 / s, "rise_step": 0.2 / s,
+                                "resolution": 0.01, "bracketed": True, "evaluations": 12})
                 sharp.append({
                     "step": step, "probe": probe, "probe_algorithm": probe.split("_")[0],
                     "probe_clip_fraction": 0.5 if "clip" in probe else 0.0, "probe_clip_target": "grad",
@@ -79,17 +82,21 @@ def write_sharpness(sweep_dir, with_landscape=True):
                     "grad_correlation": 0.1, "update_norm": 1.0,
                     "sharpness_shifted": s if probe == "adam_clip0.5" else None,
                     "ratio_to_sgd_paper": (-s if probe == "adam_clip0.5" else s) / values[0],
+                    "clip_tau": 1e-3 if "clip" in probe else None, "grad_zero_fraction": 0.25,
+                    "measure_batch": "train", "measure_batch_size": 64, "measure_sub_batch_size": 64,
                 })
                 land += [{"step": step, "probe": probe, "offset": o, "loss": 3.0 + o * s, "loss_change": o * s}
                          for o in (-1.0, 0.0, 1.0)]
-                hist += [{"step": step, "probe": probe, "bin_lo": lo, "bin_hi": lo + 1.0, "count": int(10 * s) + k}
+                hist += [{"step": step, "probe": probe, "scale": "absolute", "bin_lo": lo, "bin_hi": lo + 1.0,
+                          "count": int(10 * s) + k}
                          for k, lo in enumerate((-3.0, -2.0, -1.0))]
             curv.append({"step": step, "top_eigenvalue": 10.0 * (seed + 1), "lanczos_iters": 20, "lanczos_tol": 1e-3,
-                         "lanczos_converged": True, "hutchinson_samples": 8, "rank_corr_all": 0.3,
+                         "lanczos_converged": True, "hutchinson_samples": 8, "hutchinson_rel_stderr": 0.7,
+                         "hutchinson_resolved": 0.1, "rank_corr_all": 0.3,
                          "rank_corr_topk": 0.6, "topk_fraction": 0.1})
         records = {"sharpness": sharp, "curvature": curv}
         if with_landscape:
-            records.update(landscape=land, histogram=hist)
+            records.update(landscape=land, histogram=hist, landscape_summary=summary)
         write(sweep_dir, t, records)
 
 
@@ -125,7 +132,7 @@ def test_writes_every_table(sweep):
     sweep_dir, written = sweep
     expected = {"sharpness", "landscape", "histogram", "topk_share", "convergence", "convergence_summary", "curvature",
                 "smoothness", "table1_sharpness_ratio", "table3_convergence", "table8_smoothness", "orderings",
-                "trials"}
+                "trials", "landscape_summary", "local_vs_convergence"}
     assert set(written) == expected
     assert {p.stem for p in (sweep_dir / "tables").glob("*.parquet")} == expected
     assert len(table(sweep_dir, "convergence")) == sum(len(c) for s in CURVES.values() for c in s.values())
@@ -298,3 +305,24 @@ def test_main_resolves_the_sweep_dir(tmp_path, capsys, monkeypatch):
     assert main(["aggregate", str(tmp_path)]) == 2
     err = _error_line(capsys)
     assert "2 sweeps" in err and str(tmp_path / "a") in err and str(tmp_path / "b") in err
+
+
+def test_best_lr_at_the_edge_of_its_grid_is_flagged(sweep):
+    sweep_dir, _ = sweep
+    summary = table(sweep_dir, "convergence_summary").set_index(["algorithm", "clip_fraction"])
+    # sgd: best lr 0.1 is the smaller end of [0.1, 1.0]; adafactor: the relative step has no neighbours
+    assert bool(summary.loc[("sgd", 0.0), "best_lr_at_edge"]) and bool(summary.loc[("sgd", 0.1), "best_lr_at_edge"])
+    assert summary.loc[("adafactor", 0.0), "best_lr_at_edge"] is None
+    t3 = table(sweep_dir, "table3_convergence")
+    row = t3[t3["algorithm"] == "sgd"].iloc[0]
+    assert bool(row["lr_at_edge"]) and bool(row["clip_lr_at_edge"])
+
+
+def test_local_vs_convergence_ranks_the_probes(sweep):
+    sweep_dir, _ = sweep
+    local = table(sweep_dir, "local_vs_convergence")
+    sgd_traj = local[local["trajectory"] == "sgd"].set_index("probe")
+    # step 20 only (step 0 left out): reductions 0.05 / s with s = 8, 0.8, 0.4 (mean over two seeds)
+    assert list(sgd_traj.sort_values("reduction_rank").index) == ["adam_clip0.5", "adam", "sgd"]
+    assert sgd_traj.loc["sgd", "convergence_rank"] == 1 and pd.isna(sgd_traj.loc["adam", "convergence_rank"])
+    assert sgd_traj.loc["sgd", "n_ranked"] == 1 and sgd_traj["rank_correlation"].isna().all()

@@ -136,7 +136,10 @@ def test_an_earlier_sweep_with_another_config_is_left_alone(tmp_path, capsys, ea
     ([], "usage: python -m pipeline"),
     (["sweep"], "error: sweep: expected a config file"),
     (["plan"], "error: plan: expected a config file"),
-    (["train", "x"], "error: unknown command 'train'; allowed: sweep, aggregate, setup"),
+    (["train", "x"], "error: unknown command 'train'; allowed: sweep, aggregate, sync-mlflow, setup"),
+    (["sync-mlflow"], "error: expected exactly one argument RESULTS_DIR"),
+    (["sync-mlflow", "no/such/dir"], "error: RESULTS_DIR: no/such/dir does not exist"),
+    (["sync-mlflow", "x", "--tracking-uri"], "error: --tracking-uri: expected a URI"),
     (["aggregate", "no/such/dir"], "error: RESULTS_DIR: no/such/dir does not exist"),
     (["setup", "--only", "nothing"], "error: "),
 ])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, Trial, apply_overrides, load_config, validate
+from pipeline.config import ConfigError, Measure, Trial, apply_overrides, load_config, validate
 from pipeline.experiments import EXPERIMENTS
 from pipeline.labels import DEFAULT_PROBES, optimizer_label
 from pipeline.optim import ALGORITHMS
@@ -213,6 +213,12 @@ def test_registry_names_are_checked_and_the_allowed_ones_listed():
     ("experiments.0.measure.every", 2, "experiments.0.measure: give `at` or `every`, not both"),
     ("experiments.0.measure.gn_params", "(", "experiments.0.measure.gn_params: expected attention, all or a regular"),
     ("experiments.0.measure.share_fractions", [0.0], "experiments.0.measure.share_fractions.0: Input should be"),
+    ("experiments.0.measure.sub_batch_size", 3, "experiments.0.measure.sub_batch_size: 3 must divide"),
+    ("experiments.0.measure.batch", "valid", "experiments.0.measure.batch: "),
+    ("experiments.0.measure.histogram_scale", "log", "experiments.0.measure.histogram_scale: "),
+    ("experiments.0.measure.histogram_lo", 2.0, "experiments.0.measure.histogram_lo: 2.0 must be below"),
+    ("experiments.0.measure.hutchinson_samples", 1, "experiments.0.measure.hutchinson_samples: "),
+    ("experiments.0.measure.search_growth", 1.0, "experiments.0.measure.search_growth: "),
     ("device", "cuda", "device: 'cuda' needs resources_per_trial.gpu > 0"),
     ("name", "a/b", "name: 'a/b' must be a filesystem-safe word"),
     ("experiments.0.experiment", "smoothness", "experiments.0.workload.name: smoothness needs a two-class classifier"),
@@ -224,6 +230,13 @@ def test_registry_names_are_checked_and_the_allowed_ones_listed():
 def test_values_out_of_range_name_the_key(path, value, needle):
     message = error_of(_set(smoke_raw(), path, value))
     assert message.startswith(needle), message
+
+
+def test_measure_defaults_are_the_papers():
+    m = Measure()
+    assert (m.batch, m.batch_size, m.sub_batch_size) == ("train", 1024, None)  # App. B
+    assert (m.histogram_scale, m.histogram_bins, m.histogram_lo, m.histogram_hi) == ("absolute", 30, None, None)
+    assert m.landscape_search and m.hutchinson_samples >= 64
 
 
 def test_relative_step_is_allowed_for_adafactor_only():

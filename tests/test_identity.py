@@ -56,7 +56,9 @@ def write_momentum_blocks(sweep_dir):
             sharp = [{"step": 20, "probe": probe, "probe_algorithm": probe, "probe_clip_fraction": 0.0,
                       "probe_clip_target": "grad", "sharpness": s, "sharpness_raw": s, "robust": False,
                       "ratio_to_sgd": s / 4.0, "grad_correlation": 0.1, "update_norm": 1.0,
-                      "sharpness_shifted": None, "ratio_to_sgd_paper": s / 4.0}
+                      "sharpness_shifted": None, "ratio_to_sgd_paper": s / 4.0, "clip_tau": None,
+                      "grad_zero_fraction": 0.0, "measure_batch": "train", "measure_batch_size": 8,
+                      "measure_sub_batch_size": 8}
                      for probe, s in (("sgd", 4.0), ("adam", 2.0 if momentum == 0 else 1.0))]
             write(sweep_dir, t, {"sharpness": sharp})
 

@@ -34,7 +34,8 @@ def sharp_row(step: int = 0, probe: str = "sgd", **changes) -> dict:
         "step": step, "probe": probe, "probe_algorithm": "sgd", "probe_clip_fraction": 0.0,
         "probe_clip_target": "grad", "sharpness": 2.0, "sharpness_raw": 2.0, "robust": False,
         "ratio_to_sgd": 1.0, "grad_correlation": 0.5, "update_norm": 1.25,
-        "sharpness_shifted": None, "ratio_to_sgd_paper": 1.0,
+        "sharpness_shifted": None, "ratio_to_sgd_paper": 1.0, "clip_tau": None, "grad_zero_fraction": 0.0,
+        "measure_batch": "train", "measure_batch_size": 8, "measure_sub_batch_size": 8,
     }
     row.update(changes)
     return row

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "conf" / "smoke.yaml"
 SMOKE_WORKLOADS = ROOT / "conf" / "smoke_workloads.yaml"
 # Every trial also writes its `trials` row (the node that ran it, its wall time).
-TRIAL_TABLES = {"sharpness": {"sharpness", "landscape", "histogram", "topk_share", "trials"},
+TRIAL_TABLES = {"sharpness": {"sharpness", "landscape", "histogram", "landscape_summary", "topk_share", "trials"},
                 "convergence": {"convergence", "trials"}}
 WORKLOADS = {"causal_lm", "translation", "classification", "image"}
 # A trial that fails when it builds its workload: attention heads that do not divide the width, which
@@ -180,7 +180,9 @@ def test_trial_records_have_the_documented_schemas_and_row_counts(smoke):
             "convergence": trial.steps,
             "sharpness": points * probes,
             "landscape": points * probes * len(measure.landscape_offsets),
-            "histogram": points * probes * measure.histogram_bins,
+            "histogram": points * probes * (measure.histogram_bins + 2),  # + below and above the range
+            "landscape_summary": points * probes,
+            "topk_share": points * len(measure.share_fractions),
             "trials": 1,
         }
         for table in TRIAL_TABLES[trial.experiment]:

@@ -31,7 +31,7 @@ def test_a_sweep_with_a_diverging_block_completes(ray_session, tmp_path, capsys)
     code = main(["sweep", str(config), f"results_dir={results}", f"tracking_uri=sqlite:///{db}"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert re.search(r"sweep diverge: 1 finished, 1 diverged, 0 failed, 0 done earlier, \d+ s", out), out
+    assert re.search(r"sweep diverge: 1 finished, 1 diverged, 0 interrupted, 0 failed, 0 done earlier, \d+ s", out), out
     assert "trials: 2 planned: 1 finished, 1 diverged, 0 failed, 0 missing" in out
     assert re.search(rf"^\[ended [12]/2\] diverged {BAD} ", out, re.MULTILINE), out  # the progress line too
     sweep_dir = results / "diverge"

@@ -2,11 +2,13 @@
 
 One training optimizer (SGD-momentum or Adam) moves the weights. Every step's minibatch gradient
 is also fed to the probe bank; at the scheduled steps each probe's current update is a direction
-whose directional sharpness, gradient correlation, 1-D landscape and coordinate histogram are
-measured on the fixed test batch (model in eval mode), with the weights where the step's
-gradient was taken, and the share of SGD's sharpness carried by its top-k coordinates.
-Optionally the curvature beyond the paper (Sec. 4.2 conjecture) is measured
-at the same points: the top Hessian eigenvalue and the rank correlation of |g_i| with |H_ii|.
+whose directional sharpness, gradient correlation, 1-D landscape (a grid and a per-probe step
+search) and coordinate histogram are measured on the fixed measurement batch (`measure.batch`:
+training examples by default, as the paper's App. B; model in eval mode), with the weights where
+the step's gradient was taken, and the share of SGD's sharpness carried by its top-k coordinates.
+Optionally the curvature beyond the paper (Sec. 4.2 conjecture)
+is measured at the same points: the top Hessian eigenvalue and the rank correlation of |g_i|
+with |H_ii|.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from pipeline.measure import (
     base_loss,
     gradient_correlation,
     gradient_curvature_correlation,
-    hutchinson_diagonal,
+    hutchinson_diagonal_with_error,
+    hutchinson_noise,
+    landscape_search,
     loss_landscape,
     prepare_directions,
     sharpness_with_robust,
@@ -49,9 +53,12 @@ class SharpnessHook:
         self.model = workload.model
         self.params = named_trainable(self.model)
         self.bank = ProbeBank({n: p.detach() for n, p in self.params.items()}, self.measure.probes)
-        self.test_loss = workload.loss_fn(workload.test_batch)
+        batches = workload.measurement_batches(self.measure.batch, self.measure.batch_size,
+                                               self.measure.sub_batch_size)
+        self.measure_loss = workload.loss_fn(batches)
         self.schedule = set(self.measure.steps(trial.steps))
-        self.tables: Records = {"sharpness": [], "landscape": [], "histogram": [], "topk_share": []}
+        self.tables: Records = {"sharpness": [], "landscape": [], "histogram": [], "topk_share": [],
+                                "landscape_summary": []}
         if self.measure.curvature:
             self.tables["curvature"] = []
 
@@ -62,13 +69,15 @@ class SharpnessHook:
         if step not in self.schedule:
             return {}
         self.model.eval()
-        point = measure_point(self.test_loss, self.params, self.bank, self.measure, self.generator)
+        point = measure_point(self.measure_loss, self.params, self.bank, self.measure, self.generator)
         for table, rows in point.items():
             self.tables[table].extend({"step": step, **row} for row in rows)
         sharpness = point["sharpness"]
         return ({f"sharpness/{r['probe']}": r["sharpness"] for r in sharpness}
                 | {f"ratio_to_sgd/{r['probe']}": r["ratio_to_sgd"] for r in sharpness
-                   if r["ratio_to_sgd"] is not None})
+                   if r["ratio_to_sgd"] is not None}
+                | {f"clip_tau/{r['probe']}": r["clip_tau"] for r in sharpness if r["clip_tau"] is not None}
+                | {"grad_zero_fraction": sharpness[0]["grad_zero_fraction"]})
 
     def records(self) -> Records:
         return self.tables
@@ -90,17 +99,20 @@ def measure_point(
     params = {n: p.detach() for n, p in live_params.items()}
     directions = prepare_directions(params, bank.directions())  # validated once, norms computed once
     sharp = sharpness_with_robust(loss_fn, params, directions, delta=measure.robust_delta)
-    # The landscape and the sharpness are on the test batch, so the first-order term of the
-    # loss change along v is the test-batch gradient's: that is the correlation we report.
-    test_grad = torch.func.grad(loss_fn)(params)
-    if not all(bool(torch.isfinite(g).all()) for g in test_grad.values()):
-        raise Diverged("the test-batch gradient is not finite")
-    correlation = gradient_correlation(test_grad, directions)
+    # The landscape and the sharpness are on the measurement batch, so the first-order term of
+    # the loss change along v is that batch's gradient: that is the correlation we report.
+    batch_grad = torch.func.grad(loss_fn)(params)
+    if not all(bool(torch.isfinite(g).all()) for g in batch_grad.values()):
+        raise Diverged("the measurement-batch gradient is not finite")
+    correlation = gradient_correlation(batch_grad, directions)
     norms = update_norms(directions)
+    diagnostics = bank.diagnostics()
     # Null (not NaN) where there is nothing to divide by: no SGD probe, or a zero SGD sharpness.
     sgd_value = sharp["sgd"].value if "sgd" in sharp else 0.0
     shifted, paper_ratio = _paper_ratios(loss_fn, params, directions, sharp, measure.robust_delta)
     by_label: dict[str, ProbeSpec] = {s.label: s for s in measure.probes}
+    batch = {"measure_batch": measure.batch, "measure_batch_size": measure.batch_size,
+             "measure_sub_batch_size": measure.sub_batch_size or measure.batch_size}
     sharpness_rows = [
         {
             "probe": label,
@@ -115,6 +127,9 @@ def measure_point(
             "update_norm": norms[label],
             "sharpness_shifted": shifted.get(label),
             "ratio_to_sgd_paper": paper_ratio.get(label),
+            "clip_tau": diagnostics["clip_tau"][label],
+            "grad_zero_fraction": diagnostics["grad_zero_fraction"],
+            **batch,
         }
         for label, result in sharp.items()
     ]
@@ -127,17 +142,6 @@ def measure_point(
         for label, losses in curves.items()
         for s, loss in zip(offsets, losses)
     ]
-    histograms = update_histogram(
-        directions,
-        bins=measure.histogram_bins,
-        lo=measure.histogram_lo,
-        hi=measure.histogram_hi,
-    )
-    histogram_rows = [
-        {"probe": label, "bin_lo": edges[i], "bin_hi": edges[i + 1], "count": int(c)}
-        for label, (edges, counts) in histograms.items()
-        for i, c in enumerate(counts)
-    ]
     share_rows = []
     if "sgd" in directions and measure.share_fractions:
         share_rows = [{"probe": "sgd", **row} for row in
@@ -145,11 +149,13 @@ def measure_point(
     point: Records = {
         "sharpness": sharpness_rows,
         "landscape": landscape_rows,
-        "histogram": histogram_rows,
+        "histogram": histogram_rows(directions, measure),
         "topk_share": share_rows,
+        "landscape_summary": search_rows(loss_fn, params, directions, base, measure) if measure.landscape_search
+        else [],
     }
     if measure.curvature:
-        point["curvature"] = [curvature_row(loss_fn, params, test_grad, measure, generator)]
+        point["curvature"] = [curvature_row(loss_fn, params, batch_grad, measure, generator)]
     return point
 
 
@@ -174,8 +180,37 @@ def _paper_ratios(loss_fn, params, directions, sharp, delta: float) -> tuple[dic
     return shifted, ratios
 
 
+def histogram_rows(directions, measure: Measure) -> list[dict[str, Any]]:
+    """The paper's Fig. 1 bins per probe; coordinates outside the range in two open-ended rows."""
+    histograms = update_histogram(directions, bins=measure.histogram_bins, lo=measure.histogram_lo,
+                                  hi=measure.histogram_hi, scale=measure.histogram_scale)
+    rows = []
+    for label, h in histograms.items():
+        bins = [(-math.inf, h.edges[0], h.below)]
+        bins += [(h.edges[i], h.edges[i + 1], c) for i, c in enumerate(h.counts)]
+        bins.append((h.edges[-1], math.inf, h.above))
+        rows += [{"probe": label, "scale": measure.histogram_scale, "bin_lo": lo, "bin_hi": hi, "count": int(c)}
+                 for lo, hi, c in bins]
+    return rows
+
+
+def search_rows(loss_fn, params, directions, base, measure: Measure) -> list[dict[str, Any]]:
+    """The step search per probe (paper Figs. 2-4): best reduction, its step, where the loss rises."""
+    found = landscape_search(loss_fn, params, directions, base=base, start=measure.search_start,
+                             growth=measure.search_growth, max_steps=measure.search_max_steps,
+                             refinements=measure.search_refinements, points=measure.search_points)
+    return [
+        {"probe": label, "base_loss": float(base), "best_step": r.best_step, "best_loss": r.best_loss,
+         "best_reduction": r.best_reduction, "rise_step": r.rise_step,
+         "resolution": r.resolution if math.isfinite(r.resolution) else None,
+         "bracketed": r.bracketed, "evaluations": r.evaluations}
+        for label, r in found.items()
+    ]
+
+
 def curvature_row(loss_fn, params, grad, measure: Measure, generator: torch.Generator) -> dict[str, Any]:
-    """Top Hessian eigenvalue and the |g_i| vs |H_ii| rank correlation (paper Sec. 4.2)."""
+    """Top Hessian eigenvalue and the |g_i| vs |H_ii| rank correlation (paper Sec. 4.2), with the
+    Hutchinson estimate's standard error beside it (how much of |H_ii| is sampling noise)."""
     iters, tol = measure.lanczos_iters, measure.lanczos_tol
     samples, topk = measure.hutchinson_samples, measure.topk_fraction
     try:
@@ -184,14 +219,17 @@ def curvature_row(loss_fn, params, grad, measure: Measure, generator: torch.Gene
         raise Diverged(f"top Hessian eigenvalue: {err}") from err
     if not math.isfinite(eig.value):
         raise Diverged("the top Hessian eigenvalue is not finite")
-    diag = hutchinson_diagonal(loss_fn, params, samples=samples, generator=generator)
+    diag, stderr = hutchinson_diagonal_with_error(loss_fn, params, samples=samples, generator=generator)
     correlation = gradient_curvature_correlation(grad, diag, topk_fraction=topk)
+    noise = hutchinson_noise(diag, stderr)
     return {
         "top_eigenvalue": float(eig.value),
         "lanczos_iters": int(eig.iters),
         "lanczos_tol": tol,
         "lanczos_converged": bool(eig.converged),
         "hutchinson_samples": samples,
+        "hutchinson_rel_stderr": noise["rel_stderr"],
+        "hutchinson_resolved": noise["resolved"],
         "rank_corr_all": correlation["all"],
         "rank_corr_topk": correlation["topk"],
         "topk_fraction": topk,

@@ -1,9 +1,9 @@
 """Pure measurements on a functional loss: sharpness, landscape, histogram, spectrum, smoothness."""
 
 from pipeline.measure.gauss_newton import gauss_newton_smoothness
-from pipeline.measure.histogram import update_histogram
+from pipeline.measure.histogram import Histogram, update_histogram
 from pipeline.measure.hvp import hessian_vector_products, hvp_operator, quadratic_forms
-from pipeline.measure.landscape import base_loss, loss_landscape
+from pipeline.measure.landscape import StepSearch, base_loss, landscape_search, loss_landscape, search_step
 from pipeline.measure.sharpness import (
     SharpnessResult,
     directional_sharpness,
@@ -17,6 +17,7 @@ from pipeline.measure.spectrum import (
     gradient_curvature_correlation,
     hutchinson_diagonal,
     hutchinson_diagonal_with_error,
+    hutchinson_noise,
     rank_correlation,
     top_hessian_eigenvalue,
 )
@@ -26,7 +27,9 @@ from pipeline.measure.vectors import Directions, prepare_directions
 __all__ = [
     "Directions",
     "EigenResult",
+    "Histogram",
     "SharpnessResult",
+    "StepSearch",
     "base_loss",
     "directional_sharpness",
     "gauss_newton_smoothness",
@@ -35,11 +38,14 @@ __all__ = [
     "hessian_vector_products",
     "hutchinson_diagonal",
     "hutchinson_diagonal_with_error",
+    "hutchinson_noise",
     "hvp_operator",
+    "landscape_search",
     "loss_landscape",
     "prepare_directions",
     "quadratic_forms",
     "rank_correlation",
+    "search_step",
     "sharpness_with_robust",
     "shifted_sharpness",
     "top_hessian_eigenvalue",

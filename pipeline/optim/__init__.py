@@ -2,7 +2,7 @@
 
 from pipeline.optim.adapter import RuleOptimizer, make_optimizer
 from pipeline.optim.base import CLIP_TARGETS, Rule, State, copy_state
-from pipeline.optim.clip import clip_count, clip_threshold, coordinate_clip
+from pipeline.optim.clip import clip_count, clip_threshold, clip_with_threshold, coordinate_clip
 from pipeline.optim.probes import DEFAULT_PROBES, ProbeBank, ProbeSpec
 from pipeline.optim.rules import ALGORITHMS, RULES, make_rule
 
@@ -18,6 +18,7 @@ __all__ = [
     "State",
     "clip_count",
     "clip_threshold",
+    "clip_with_threshold",
     "coordinate_clip",
     "copy_state",
     "make_optimizer",

@@ -1,24 +1,30 @@
-"""Adafactor with momentum, the clipped gradient in the numerator only.
+"""Adafactor, the clipped gradient in the numerator only; no first moment unless beta1 is set.
 
 Source: Shazeer & Stern 2018, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost"
-(arXiv 1804.04235), Algorithms 4 (matrices, factored) and 5 (vectors); clipped as in Pan & Li
-2023 (arXiv 2306.00204), appendix Algorithms 3-9 (the momentum variants of the six algorithms;
-this file's exact number there was not re-checked offline). Semantics of
-transformers.optimization.Adafactor (its step, op for op), which the paper's runs used.
+(arXiv 1804.04235), Algorithms 4 (matrices, factored) and 5 (vectors); as Pan & Li 2023 (arXiv
+2306.00204) state it, with the clip, in their Algorithms 7 (weight matrices) and 8 (weight
+vectors). Op for op the step of transformers.optimization.Adafactor, which the paper's runs used.
 
 Update rule for a tensor X at step t (g~ = clip(g) with clip_target="grad", else g):
     rho_t   = min(1e-2, 1/sqrt(t))        if lr is None (relative step), else lr
     alpha_t = max(eps2, RMS(X_t)) rho_t   if scale_parameter, else rho_t
     beta2_t = 1 - t^decay_rate            (decay_rate = -0.8)
-    V       = beta2_t V + (1 - beta2_t) (g^2 + eps1)      (raw gradient; for >= 2-D tensors the
-              factored form: row and column means R, C over the last two dims, and
-              1/sqrt(V) ~ rsqrt(R / mean(R)) rsqrt(C), as in fairseq / transformers)
+    V       = beta2_t V + (1 - beta2_t) (g^2 + eps1)      (raw gradient; for matrices the
+              factored form: row and column means R, C, and 1/sqrt(V) ~ rsqrt(R / mean(R))
+              rsqrt(C), which equals the paper's R C / (1^T R) with sums)
     U       = g~ / sqrt(V)                (numerator: clipped gradient)
     U       = U / max(1, RMS(U) / d)      (update clipping, d = clip_threshold = 1)
-    m_t     = beta1 m_{t-1} + (1 - beta1) alpha_t U   (beta1=None: m_t = alpha_t U)
+    m_t     = alpha_t U                   (beta1 None or 0: the paper's Algorithms 7-8 and the
+                                           authors' probe, the default)
+    m_t     = beta1 m_{t-1} + (1 - beta1) alpha_t U      (beta1 > 0: transformers' momentum,
+                                           over the *scaled* update alpha_t U, not the gradient)
     X_{t+1} = X_t - m_t - weight_decay alpha_t X_t
-Note transformers' momentum averages the *scaled* update alpha_t U, not the gradient, and its
-eps1 is added to g^2 before averaging.
+
+Tensors of 3 or more dimensions (the ResNet's convolution kernels; the transformer workloads
+have none) are factored over their last two dimensions: each index of the leading dimensions is
+a matrix of its own with its own R and C, as in transformers' and fairseq's Adafactor. The
+paper defines only matrices and vectors (Algorithms 7, 8) and the authors' probe factored 2-D
+tensors only, so on such tensors this is our extension, not the paper's.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from pipeline.optim.base import Rule, State, check_number
 
 @dataclass(frozen=True)
 class Adafactor(Rule):
-    beta1: float | None = 0.9
+    beta1: float | None = None  # None or 0: no first moment (paper Algorithms 7-8)
     decay_rate: float = -0.8
     eps: tuple[float, float] = (1e-30, 1e-3)
     clip_threshold: float = 1.0
@@ -63,6 +69,10 @@ class Adafactor(Rule):
         if not isinstance(self.scale_parameter, bool):
             raise ValueError(f"scale_parameter must be True or False; got {self.scale_parameter!r}")
 
+    @property
+    def has_first_moment(self) -> bool:
+        return self.beta1 is not None and self.beta1 > 0
+
     def _init(self, params: list[Tensor]) -> State:
         state: State = {"second_moment": [], "exp_avg": []}
         for p in params:
@@ -70,7 +80,7 @@ class Adafactor(Rule):
                 state["second_moment"].append((p.new_zeros(p.shape[:-1]), p.new_zeros(p.shape[:-2] + p.shape[-1:])))
             else:
                 state["second_moment"].append(torch.zeros_like(p))
-            if self.beta1 is not None:
+            if self.has_first_moment:
                 state["exp_avg"].append(torch.zeros_like(p))
         return state
 
@@ -95,7 +105,7 @@ class Adafactor(Rule):
                 u = moment.rsqrt().mul_(g_num)
             u.div_((_rms(u) / self.clip_threshold).clamp_(min=1.0))
             u.mul_(alpha)
-            if self.beta1 is not None:
+            if self.has_first_moment:
                 m = state["exp_avg"][i]
                 m.mul_(self.beta1).add_(u, alpha=1 - self.beta1)
                 u = m.neg()

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from pipeline.labels import CLIP_TARGETS
-from pipeline.optim.clip import check_fraction, coordinate_clip
+from pipeline.optim.clip import check_fraction, clip_with_threshold
 
 # A rule's state: {"step": int, **per-algorithm lists of tensors aligned with the params}.
 State = dict[str, Any]
@@ -76,12 +76,14 @@ class Rule:
         return state
 
     def update(self, grads: Sequence[Tensor], state: State, params: Sequence[Tensor], *,
-               clipped_grads: Sequence[Tensor] | None = None) -> tuple[list[Tensor], State]:
+               clipped_grads: tuple[Sequence[Tensor], Tensor | None] | None = None,
+               ) -> tuple[list[Tensor], State]:
         """One step: returns (steps x_new - x, state).
 
         `clipped_grads` lets a caller that runs many rules on the same gradient (the probe bank)
-        pass `coordinate_clip(grads, self.clip_fraction)` computed once; it is used only when this
-        rule clips the gradient.
+        pass `clip_with_threshold(grads, self.clip_fraction)` (the clipped tensors and tau)
+        computed once; it is used only when this rule clips the gradient. After a clipped step,
+        `state["clip_tau"]` is the threshold that step used (a 0-dim tensor; pipeline/optim/clip.py).
         """
         grads = [g.detach() for g in grads]
         params = [p.detach() for p in params]
@@ -89,12 +91,13 @@ class Rule:
             raise ValueError(f"grads and params must have the same length; got {len(grads)} and {len(params)}")
         numer = grads
         if self.clips_grad:
-            numer = list(clipped_grads) if clipped_grads is not None \
-                else coordinate_clip(grads, self.clip_fraction)
+            numer, tau = clipped_grads if clipped_grads is not None \
+                else clip_with_threshold(grads, self.clip_fraction)
+            numer, state["clip_tau"] = list(numer), tau
         state["step"] += 1
         steps, lrs = self._direction(numer, grads, state, params)
         if self.clips_update and not self.update_clip_in_direction:
-            steps = coordinate_clip(steps, self.clip_fraction)
+            steps, state["clip_tau"] = clip_with_threshold(steps, self.clip_fraction)
         if self.weight_decay:
             for step, x, lr in zip(steps, params, lrs):
                 step.sub_(x * (lr * self.weight_decay))

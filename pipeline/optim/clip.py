@@ -65,12 +65,17 @@ def coordinate_clip(tensors: Sequence[Tensor], fraction: float) -> list[Tensor]:
     Inputs are not modified; the outputs are new tensors. Runs on the tensors' device with no
     host copy (the threshold comes from a radix selection, not a sort: see select.py).
     """
+    return clip_with_threshold(tensors, fraction)[0]
+
+
+def clip_with_threshold(tensors: Sequence[Tensor], fraction: float) -> tuple[list[Tensor], Tensor | None]:
+    """coordinate_clip's output and the threshold tau it used (a 0-dim tensor; None for fraction 0)."""
     check_fraction(fraction)
     tensors = _check_tensors(tensors)
     if fraction == 0:
-        return [t.clone() for t in tensors]
+        return [t.clone() for t in tensors], None
     tau = clip_threshold(tensors, fraction)
-    return [torch.clamp(t, -tau.to(t.dtype), tau.to(t.dtype)) for t in tensors]
+    return [torch.clamp(t, -tau.to(t.dtype), tau.to(t.dtype)) for t in tensors], tau
 
 
 def _check_tensors(tensors: Sequence[Tensor]) -> list[Tensor]:

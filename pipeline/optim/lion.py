@@ -23,7 +23,7 @@ from torch import Tensor
 
 from pipeline.optim.adam import check_betas
 from pipeline.optim.base import Rule, State
-from pipeline.optim.clip import coordinate_clip
+from pipeline.optim.clip import clip_with_threshold
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,10 @@ class Lion(Rule):
         beta1, beta2 = self.betas
         m = state["exp_avg"]
         c = torch._foreach_lerp(m, numer, 1 - beta1)
-        steps = coordinate_clip(c, self.clip_fraction) if self.clips_update else torch._foreach_sign(c)
+        if self.clips_update:
+            steps, state["clip_tau"] = clip_with_threshold(c, self.clip_fraction)
+        else:
+            steps = torch._foreach_sign(c)
         torch._foreach_mul_(steps, -self.lr)
         torch._foreach_lerp_(m, numer, 1 - beta2)
         return steps, [self.lr] * len(m)

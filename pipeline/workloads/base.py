@@ -55,9 +55,11 @@ class Workload:
         self.device = device
         self.batch_size = batch_size
         self._train = dict(train_examples)
+        self._test = dict(test_examples)
         self._collate = collate
         self._criterion = criterion
         self._target_count = target_count
+        self._seed = seed
         self._train_seed = derived_seed(seed, "train-order")
         n_train = _example_count(self._train)
         n_test = _example_count(test_examples)
@@ -86,6 +88,29 @@ class Workload:
             for start in range(0, n - self.batch_size + 1, self.batch_size):
                 yield self._to_batch(self._train, order[start : start + self.batch_size])
 
+    def measurement_batches(self, split: str, size: int, sub_batch_size: int | None = None) -> list[Batch]:
+        """A fixed batch of `size` examples of `split` ("train" or "test"), as its sub-batches.
+
+        Drawn from the seed's own stream for that split, the same on every call: "test" is the
+        first `size` of the test batch's permutation (with size = test_batch_size, exactly
+        `test_batch`), "train" a random subset of the training examples drawn once, as the paper
+        does (App. B). Sub-batches of `sub_batch_size` examples (None: one) in the draw's order.
+        """
+        if split not in ("train", "test"):
+            raise ValueError(f"measure.batch: expected train or test, got {split!r}")
+        examples = self._train if split == "train" else self._test
+        n = _example_count(examples)
+        if size > n:
+            raise ValueError(f"measure.batch_size: {size} exceeds the {n} {split} examples of workload "
+                             f"{self.name!r}; set measure.batch_size to at most {n}")
+        step = sub_batch_size or size
+        if size % step:
+            raise ValueError(f"measure.sub_batch_size: {step} must divide measure.batch_size ({size})")
+        stream = "measure-batch" if split == "train" else "test-batch"
+        gen = torch.Generator().manual_seed(derived_seed(self._seed, stream))
+        pick = torch.randperm(n, generator=gen)[:size]
+        return [self._to_batch(examples, pick[i:i + step]) for i in range(0, size, step)]
+
     def loss(self, batch: Mapping[str, torch.Tensor],
              params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Mean loss over the batch's real (non-padding) targets.
@@ -101,10 +126,16 @@ class Workload:
             outputs = functional_call(self.model, dict(params), args=(), kwargs=inputs)
         return self._criterion(outputs.logits, batch["labels"])
 
-    def loss_fn(self, batch: Mapping[str, torch.Tensor]
+    def loss_fn(self, batch: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]]
                 ) -> Callable[[Mapping[str, torch.Tensor]], torch.Tensor]:
-        """The functional loss `params -> scalar` on a fixed batch, as pipeline.measure expects."""
-        return lambda params: self.loss(batch, params)
+        """The functional loss `params -> scalar` on a fixed batch, as pipeline.measure expects; on
+        a list of sub-batches, the mean of their losses (each weighted alike, as the paper averages)."""
+        if isinstance(batch, Mapping):
+            return lambda params: self.loss(batch, params)
+        parts = list(batch)
+        if len(parts) == 1:
+            return self.loss_fn(parts[0])
+        return lambda params: torch.stack([self.loss(b, params) for b in parts]).mean()
 
     def target_count(self, batch: Mapping[str, torch.Tensor]) -> int:
         """How many targets `loss` averages over (tokens that are not padding, or examples)."""

@@ -13,7 +13,8 @@ from pipeline.optim import DEFAULT_PROBES
 from pipeline.records import read_trial_records, write_trial_records
 
 TINY_LM = {"name": "causal_lm", "size": "tiny", "batch_size": 4, "seq_len": 32}
-MEASURE = {"at": [0, 2], "landscape_offsets": [-0.1, 0.0, 0.1], "histogram_bins": 8}
+MEASURE = {"at": [0, 2], "landscape_offsets": [-0.1, 0.0, 0.1], "batch_size": 8, "sub_batch_size": 4,
+           "search_refinements": 1, "hutchinson_samples": 8}
 
 
 def trial(experiment: str, **changes) -> Trial:
@@ -94,6 +95,30 @@ def test_landscape_and_histogram_rows(sharpness_runs):
     for r in records["histogram"]:
         totals[(r["step"], r["probe"])] = totals.get((r["step"], r["probe"]), 0) + r["count"]
     assert set(totals.values()) == {n_params}
+    assert {r["scale"] for r in records["histogram"]} == {"absolute"}
+    assert len(records["histogram"]) == 2 * len(DEFAULT_PROBES) * (30 + 2)  # the paper's 30 bins + out of range
+
+
+def test_landscape_summary_rows(sharpness_runs):
+    (records, _), _, _ = sharpness_runs
+    rows = records["landscape_summary"]
+    assert sorted((r["step"], r["probe"]) for r in rows) == sorted(
+        (s, p.label) for s in (0, 2) for p in DEFAULT_PROBES)
+    for r in rows:
+        assert r["best_reduction"] == pytest.approx(r["base_loss"] - r["best_loss"])
+        assert r["evaluations"] > 0 and r["best_step"] > 0
+    sgd = [r for r in rows if r["probe"] == "sgd"]
+    assert all(r["best_reduction"] > 0 and r["bracketed"] for r in sgd)  # SGD descends the batch loss
+
+
+def test_sharpness_rows_carry_the_batch_and_the_diagnostics(sharpness_runs):
+    (records, _), _, _ = sharpness_runs
+    for r in records["sharpness"]:
+        assert (r["measure_batch"], r["measure_batch_size"], r["measure_sub_batch_size"]) == ("train", 8, 4)
+        assert 0 <= r["grad_zero_fraction"] < 1
+        assert (r["clip_tau"] is None) == (r["probe_clip_fraction"] == 0)
+        if r["clip_tau"] is not None:
+            assert r["clip_tau"] > 0
 
 
 def test_curvature_row_per_point(sharpness_runs):
@@ -102,6 +127,7 @@ def test_curvature_row_per_point(sharpness_runs):
     assert [r["step"] for r in rows] == [0, 2]
     for r in rows:
         assert r["top_eigenvalue"] > 0 and -1 <= r["rank_corr_all"] <= 1
+        assert r["hutchinson_rel_stderr"] > 0 and 0 <= r["hutchinson_resolved"] <= 1
 
 
 def test_records_fit_the_table_schemas(sharpness_runs, tmp_path):

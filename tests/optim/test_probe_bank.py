@@ -90,3 +90,39 @@ def test_bad_input():
         bank.step({"v": torch.zeros(3)}, params)
     with pytest.raises(ValueError, match="shapes"):
         bank.step({"w": torch.zeros(4)}, params)
+
+
+def test_diagnostics_tau_and_zero_gradient_share_against_a_sort():
+    """tau of each clipping probe = the (c+1)-th largest |x| of what it clips (the paper's sort);
+    the zero share counts exactly-zero gradient coordinates."""
+    net = make_net(torch.float64)
+    params = {n: p.detach() for n, p in net.named_parameters()}
+    bank = ProbeBank(params)
+    loss_of(net, next(batches(3, torch.float64))).backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    grads["fc1.weight"][:3] = 0.0  # 3 rows of 6 inputs: 18 exact zeros
+    bank.step(grads, params)
+    diag = bank.diagnostics()
+    total = sum(p.numel() for p in params.values())
+    assert diag["grad_zero_fraction"] == int(sum((g == 0).sum() for g in grads.values())) / total
+    assert diag["grad_zero_fraction"] >= 18 / total
+    flat = torch.cat([g.flatten() for g in grads.values()]).abs().sort(descending=True).values
+
+    def sorted_tau(values: torch.Tensor, fraction: float) -> float:
+        return float(values[int(fraction * values.numel() + 1e-6)])
+
+    taus = diag["clip_tau"]
+    assert taus["sgd_clip0.1"] == sorted_tau(flat, 0.1)
+    assert taus["adam_clip0.5"] == taus["adafactor_clip0.5"] == sorted_tau(flat, 0.5)
+    assert taus["sgd"] is None and taus["adam"] is None and taus["lion"] is None
+    # clip update: the threshold over Adam's unclipped step (first step: -g/(|g| + eps), lr 1)
+    adam = torch.cat([t.flatten() for t in bank.directions()["adam"].values()]).abs().sort(descending=True).values
+    assert taus["adam_clipupdate0.5"] == pytest.approx(sorted_tau(adam, 0.5), rel=1e-12)
+    # Lion's clip update clips c = (1 - beta1) g at step 1
+    assert taus["lion_clipupdate0.5"] == pytest.approx(0.1 * sorted_tau(flat, 0.5), rel=1e-12)
+
+
+def test_diagnostics_need_a_step():
+    net = make_net(torch.float32)
+    with pytest.raises(RuntimeError, match="step"):
+        ProbeBank({n: p.detach() for n, p in net.named_parameters()}).diagnostics()

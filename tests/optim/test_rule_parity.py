@@ -32,17 +32,18 @@ def test_adam_matches_torch(weight_decay):
 @pytest.mark.parametrize(
     ("lr", "ours", "theirs"),
     [
-        (None, {}, {"relative_step": True}),  # the paper's relative step
-        (None, {"beta1": None, "scale_parameter": False}, {"beta1": None, "relative_step": True,
-                                                           "scale_parameter": False}),
-        (1e-2, {}, {"relative_step": False}),  # fixed lr, scaled by RMS(x)
+        (None, {}, {"relative_step": True}),  # the paper's relative step, no first moment (default)
+        (None, {"beta1": 0.9}, {"beta1": 0.9, "relative_step": True}),  # transformers' momentum
+        (None, {"beta1": 0.0}, {"relative_step": True}),  # beta1 = 0 is no first moment too
+        (None, {"scale_parameter": False}, {"relative_step": True, "scale_parameter": False}),
+        (1e-2, {"beta1": 0.9}, {"beta1": 0.9, "relative_step": False}),  # fixed lr, scaled by RMS(x)
         (3e-2, {"scale_parameter": False, "clip_threshold": 0.5, "decay_rate": -0.6, "weight_decay": 0.1},
          {"relative_step": False, "scale_parameter": False, "clip_threshold": 0.5, "decay_rate": -0.6,
           "weight_decay": 0.1}),
     ],
 )
 def test_adafactor_matches_transformers(lr, ours, theirs):
-    theirs = {"beta1": 0.9, "warmup_init": False, **theirs}
+    theirs = {"beta1": None, "warmup_init": False, **theirs}
     gaps = run_pair(make_net(), lambda p: make_optimizer(p, "adafactor", lr=lr, **ours),
                     lambda p: HFAdafactor(p, lr=lr, **theirs), STEPS, torch.float64)
     assert max(gaps) < 1e-12
