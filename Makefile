@@ -31,7 +31,7 @@ test: setup lint test-tools
 	bash scripts/offline.sh $(PY) -m pytest $(PYTEST_ARGS)
 
 # tests/cluster/test_launcher.py (`ray up` over SSH) needs an SSH server and rsync, and the screenshot
-# tests (tests/test_mlflow_ui.py) need Debian's `chromium`: installed here, before the tests go offline,
+# tests (tests/test_mlflow_ui.py, tests/test_report_html.py) need Debian's `chromium`: installed here, before the tests go offline,
 # if missing, as root, with apt-get, and where no init system would start the server (a container);
 # else those tests are skipped and say why.
 test-tools:

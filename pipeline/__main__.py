@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,6 +122,7 @@ def _sweep(config, plan, signals, verbose: bool) -> int:
     _say(f"tables:  {layout.tables_dir}/ ({outputs['tables']} files)")
     _say(f"figures: {layout.figures_dir}/ ({outputs['figures']} files)")
     _say(f"report:  {layout.report_path}")
+    _say(f"html:    {layout.report_html_path} (figures and report built in {outputs['report_seconds']:.0f} s)")
     if outcome.sweep_run is not None and not outcome.tracking_error:
         try:  # the report in MLflow too: the parent run's artifacts
             uploaded = outcome.sweep_run.log_report(layout)
@@ -152,14 +154,17 @@ def _aggregate_and_report(layout) -> dict[str, Any]:
     from pipeline.report import write_report  # matplotlib is only needed here
 
     tables = aggregate(layout)
+    start = time.perf_counter()
     written = write_report(layout, tables)
+    seconds = time.perf_counter() - start
     planned, missing = coverage(layout, tables)
     line = f"records: {len(planned) - len(missing)} of {len(planned)} planned trials"
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         line += f"; missing: {shown}"
     return {"tables": len(tables), "figures": sum(name.startswith("figure:") for name in written),
-            "accounting": [line, *accounting_lines(trial_states(layout), tables)]}
+            "accounting": [line, *accounting_lines(trial_states(layout), tables)],
+            "report_seconds": seconds}
 
 
 PLAN_USAGE = "usage: python -m pipeline plan CONFIG [key.path=value ...]"
@@ -202,7 +207,8 @@ def aggregate_command(args: Sequence[str]) -> int:
         outputs = _aggregate_and_report(layout)
     except (ValueError, OSError) as err:
         return _error(str(err))
-    _say(f"{layout.sweep_dir}: {outputs['tables']} tables, {outputs['figures']} figures, report {layout.report_path}")
+    _say(f"{layout.sweep_dir}: {outputs['tables']} tables, {outputs['figures']} figures, report {layout.report_path} "
+         f"and {layout.report_html_path.name} (built in {outputs['report_seconds']:.0f} s)")
     for line in outputs["accounting"]:
         _say(line)
     return 0

@@ -14,7 +14,7 @@ from pipeline.local_convergence import local_vs_convergence
 from pipeline.labels import EXPERIMENT_TABLES
 from pipeline.layout import DONE_MARK, ResultsLayout
 from pipeline.records import read_trial_records, rows_to_table, write_table
-from pipeline.schemas import OUTPUT_TABLES
+from pipeline.schemas import OUTPUT_TABLES, TRIAL_OUTPUTS, TableSpec
 
 
 def _experiments(records: Mapping[str, pa.Table]) -> set[str]:
@@ -28,24 +28,50 @@ def _derived(name: str, rows: list[dict[str, object]]) -> pa.Table:
     return rows_to_table(OUTPUT_TABLES[name], rows, identifying=True)
 
 
+def run_ids(records: Mapping[str, pa.Table]) -> dict[str, str | None]:
+    """trial_id -> its MLflow run id, from the `trials` records (null where a trial had no run)."""
+    if "trials" not in records:
+        return {}
+    data = records["trials"]
+    return dict(zip(data.column("trial_id").to_pylist(), data.column("run_id").to_pylist()))
+
+
+def with_identity(spec: TableSpec, data: pa.Table, runs: Mapping[str, str | None]) -> pa.Table:
+    """The one place that completes a trial-level table's identity: a table whose schema has
+    run_id gets its rows' run ids joined on by trial_id, in the schema's column order."""
+    if "run_id" not in spec.schema.names or "trial_id" not in data.column_names:
+        return data
+    if "run_id" in data.column_names:
+        data = data.drop_columns(["run_id"])
+    ids = pa.array([runs.get(t) for t in data.column("trial_id").to_pylist()], type=pa.string())
+    return data.append_column("run_id", ids).select(spec.schema.names)
+
+
 def build_tables(
     records: Mapping[str, pa.Table], *, final_window: int = tables.FINAL_WINDOW
 ) -> dict[str, pa.Table]:
-    """All aggregate tables from the concatenated trial records (pipeline.records.read_trial_records)."""
+    """All aggregate tables from the concatenated trial records (pipeline.records.read_trial_records).
+
+    Every table carries the identity of what a row summarises (pipeline.schemas.derived_spec):
+    trial-level ones the trial's run id too, joined here from the `trials` records before anything
+    is derived from them, so derived trial-level tables (Table 1, curvature) copy it along.
+    """
     ran = _experiments(records)
     present = set(records) | {"trials"}  # every sweep has trials (their nodes and wall times)
     for experiment, names in EXPERIMENT_TABLES.items():
         if experiment in ran:
             present.update(names)
+    runs = run_ids(records)
+    joined = {name: with_identity(TRIAL_OUTPUTS[name], data, runs) for name, data in records.items()}
 
     def rows(name: str) -> list[dict[str, object]]:
-        return records[name].to_pylist() if name in records else []
+        return joined[name].to_pylist() if name in joined else []
 
     out: dict[str, pa.Table] = {}
     for name in ("sharpness", "landscape", "landscape_summary", "histogram", "topk_share", "convergence",
                  "smoothness", "trials"):
         if name in present:
-            out[name] = records[name] if name in records else OUTPUT_TABLES[name].schema.empty_table()
+            out[name] = joined[name] if name in joined else OUTPUT_TABLES[name].schema.empty_table()
     if "convergence" in present:
         summary = tables.convergence_summary(rows("convergence"), final_window=final_window)
         out["convergence_summary"] = _derived("convergence_summary", summary)
@@ -65,8 +91,8 @@ def build_tables(
         local = local_vs_convergence(rows("landscape_summary"), summary_rows)
         out["local_vs_convergence"] = _derived("local_vs_convergence", local)
     if "curvature" in present:
-        joined = tables.curvature_with_sharpness(rows("curvature"), rows("sharpness"))
-        out["curvature"] = _derived("curvature", joined)
+        joined_curvature = tables.curvature_with_sharpness(rows("curvature"), rows("sharpness"))
+        out["curvature"] = _derived("curvature", joined_curvature)
     return out
 
 

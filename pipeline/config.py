@@ -13,7 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from pipeline.config_yaml import ConfigError, apply_overrides, read_config_file
 from pipeline.labels import (
-    DEFAULT_PROBES, EXPERIMENTS, HISTOGRAM_RANGE, SETTING_KEY, ClipTarget, Fraction, ProbeSpec, optimizer_label,
+    DEFAULT_PROBES, EXPERIMENTS, HISTOGRAM_RANGE, ClipTarget, Fraction, ProbeSpec, hparams_key, optimizer_label,
 )
 from pipeline.layout import ResultsLayout
 from pipeline.workloads import WORKLOADS, validate_workload_spec
@@ -182,8 +182,9 @@ class Trial(_Strict):
     def identity(self) -> dict[str, Any]:
         """The identifying columns of every row this trial writes (pipeline.schemas.IDENTIFYING)."""
         return {"trial_id": self.trial_id, "sweep": self.sweep, "experiment": self.experiment,
-                **{k: getattr(self, k) for k in SETTING_KEY if k not in ("sweep", "workload")},
-                "workload": self.workload_name, "lr": self.lr, "seed": self.seed}
+                "label": self.label, "workload": self.workload_name, "algorithm": self.algorithm,
+                "clip_fraction": self.clip_fraction, "clip_target": self.clip_target,
+                "hparams": hparams_key(self.hparams), "lr": self.lr, "seed": self.seed}
 
     def to_json(self) -> dict[str, Any]:
         """The trial as JSON data (the done mark holds it); Trial.model_validate reads it back."""
@@ -211,6 +212,15 @@ class SweepConfig(_Strict):
     @property
     def layout(self) -> ResultsLayout:
         return ResultsLayout.of(self.results_dir, self.name)
+
+    def to_yaml(self) -> str:
+        """The config as YAML that validates back to the same trials: settings that differ from the
+        defaults, with results_dir absolute (the sweep directory's report shows it and reruns it)."""
+        import yaml
+
+        data = self.model_dump(mode="json", exclude_defaults=True)
+        data["results_dir"] = str(self.layout.sweep_dir.parent)
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
 
     @cached_property
     def trials(self) -> tuple[Trial, ...]:

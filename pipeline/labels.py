@@ -3,6 +3,7 @@ display order, the trajectory and setting keys, and which tables each experiment
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -27,10 +28,32 @@ EXPERIMENT_TABLES: dict[str, tuple[str, ...]] = {
 }
 EXPERIMENTS = tuple(EXPERIMENT_TABLES)
 
-# One training setting: the optimizer a trial trains with, within a sweep and workload.
-SETTING_KEY = ("sweep", "workload", "algorithm", "clip_fraction", "clip_target")
+# One training setting: the optimizer a trial trains with, within a sweep and workload, with the
+# block's label and the optimizer's other hyperparameters (`hparams` as canonical JSON, see
+# hparams_key): two blocks that differ only in, say, momentum are two settings, never merged.
+SETTING_KEY = ("sweep", "label", "workload", "algorithm", "clip_fraction", "clip_target", "hparams")
 # One trajectory: a setting at one learning rate (seeds are its repeats).
 TRAJECTORY_KEY = SETTING_KEY + ("lr",)
+
+
+def hparams_key(hparams: Mapping[str, Any]) -> str:
+    """A block's optimizer hparams as one canonical string (sorted keys, no spaces): '{}' for none,
+    '{"momentum":0.5}'; equal settings give equal strings, so tables can group and join on it."""
+    return json.dumps(dict(hparams), sort_keys=True, separators=(",", ":"))
+
+
+def hparams_text(hparams: str | None) -> str:
+    """The hparams column for people: 'momentum=0.5, nesterov=true'; '' for none."""
+    if not hparams:
+        return ""
+    data = json.loads(hparams)
+    return ", ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in data.items())
+
+
+def setting_text(row: Mapping[str, Any]) -> str:
+    """A row's block label and hparams as a short suffix for headings and legends ('' for neither)."""
+    parts = [f"[{row['label']}]" if row.get("label") else "", hparams_text(row.get("hparams"))]
+    return " ".join(p for p in parts if p)
 
 _LABEL = re.compile(r"(?P<algorithm>[a-z_]+?)(?:_clip(?P<update>update)?(?P<fraction>[0-9.e+-]+))?")
 

@@ -24,7 +24,10 @@ class ResultsLayout:
     trials/<trial_id>/error.txt                 the traceback of a failed attempt
     trials/<trial_id>/checkpoint.pt             the last checkpoint of a trial not done yet (retries resume there)
     tables/<name>.parquet, figures/<stem>.png, report.md
+    report.html                                 report.md as one self-contained page (figures inlined)
+    report.png                                  a screenshot of report.html (pipeline.report_html)
     plan.json                                   the trial ids the sweep planned, each one's experiment
+    config.yaml                                 the sweep's config, overrides applied (reruns it)
     ray/                                        Ray Tune's own state
     """
 
@@ -71,6 +74,21 @@ class ResultsLayout:
     @property
     def report_path(self) -> Path:
         return self.sweep_dir / "report.md"
+
+    @property
+    def report_html_path(self) -> Path:
+        return self.sweep_dir / "report.html"
+
+    @property
+    def report_screenshot_path(self) -> Path:
+        return self.sweep_dir / "report.png"
+
+    @property
+    def config_path(self) -> Path:
+        return self.sweep_dir / "config.yaml"
+
+    def write_config(self, text: str) -> None:
+        atomic_write_text(self.config_path, text)
 
     @property
     def ray_dir(self) -> Path:

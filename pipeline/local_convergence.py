@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from pipeline.labels import optimizer_label
-from pipeline.tables import group_rows, mean
+from pipeline.labels import TRAJECTORY_KEY, optimizer_label
+from pipeline.tables import group_rows, identity, key_order, mean
 
 Row = Mapping[str, object]
 
@@ -25,29 +25,30 @@ def local_vs_convergence(summary: Iterable[Row], convergence: Iterable[Row]) -> 
     """Rows of pipeline.schemas.LOCAL_VS_CONVERGENCE from landscape_summary trial rows and
     convergence_summary rows. Step 0 is left out when later points exist (there Adam, Lion and
     signSGD coincide); non-finite reductions (zero directions) are ignored."""
-    runs: dict[tuple, Row] = {}
+    runs: dict[tuple, list[Row]] = {}
     for r in convergence:
         label = optimizer_label(r["algorithm"], r["clip_fraction"], r["clip_target"])
-        runs[(r["sweep"], r["workload"], label)] = r
+        runs.setdefault((r["sweep"], r["workload"], label), []).append(r)
     out = []
-    keys = ("sweep", "workload", "algorithm", "clip_fraction", "clip_target", "lr")
-    for key, group in sorted(group_rows(summary, keys).items(), key=lambda kv: _order(kv[0])):
-        sweep, workload, algorithm, clip_fraction, clip_target, lr = key
+    for _key, group in sorted(group_rows(summary, TRAJECTORY_KEY).items(), key=lambda kv: key_order(kv[0])):
+        ident = identity(group[0], TRAJECTORY_KEY)
+        sweep, workload = ident["sweep"], ident["workload"]
         later = [r for r in group if r["step"] > 0] or list(group)
         by_probe = {p: [float(r["best_reduction"]) for r in rows if math.isfinite(float(r["best_reduction"]))]
                     for (p,), rows in group_rows(later, ("probe",)).items()}
         reductions = {p: (mean(v), len(v)) for p, v in by_probe.items() if v}
         reduction_rank = _ranks({p: -m for p, (m, _) in reductions.items()})
-        matched = {p: runs[(sweep, workload, p)] for p in reductions if (sweep, workload, p) in runs}
+        matched = {p: run for p in reductions
+                   if (run := _convergence_run(runs.get((sweep, workload, p), []), ident["label"])) is not None}
         finals = {p: float(r["final_loss_mean"]) for p, r in matched.items()
                   if r["final_loss_mean"] is not None and math.isfinite(float(r["final_loss_mean"]))}
         convergence_rank = _ranks(finals)
         correlation = _spearman([reduction_rank[p] for p in finals], [convergence_rank[p] for p in finals])
-        trajectory = optimizer_label(algorithm, clip_fraction, clip_target)
+        trajectory = optimizer_label(ident["algorithm"], ident["clip_fraction"], ident["clip_target"])
         for probe, (m, n) in sorted(reductions.items(), key=lambda kv: reduction_rank[kv[0]]):
             run = matched.get(probe)
             out.append({
-                "sweep": sweep, "workload": workload, "trajectory": trajectory, "lr": lr, "probe": probe,
+                **ident, "trajectory": trajectory, "probe": probe,
                 "n_points": n, "best_reduction_mean": m, "reduction_rank": reduction_rank[probe],
                 "convergence_lr": None if run is None else run["best_lr"],
                 "final_loss_mean": finals.get(probe), "convergence_rank": convergence_rank.get(probe),
@@ -56,9 +57,14 @@ def local_vs_convergence(summary: Iterable[Row], convergence: Iterable[Row]) -> 
     return out
 
 
-def _order(key: tuple) -> tuple:
-    *head, lr = key
-    return (*head, lr is None, lr or 0.0)
+def _convergence_run(candidates: list[Row], label: str | None) -> Row | None:
+    """The convergence setting of a probe's optimizer: the only one, else the one from the
+    trajectory's own block label; several blocks (labels, hparams) and none of ours: not ranked,
+    which one is meant is not ours to guess."""
+    if len(candidates) == 1:
+        return candidates[0]
+    own = [r for r in candidates if r.get("label") == label]
+    return own[0] if len(own) == 1 else None
 
 
 def _ranks(values: Mapping[str, float]) -> dict[str, int]:

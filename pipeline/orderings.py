@@ -30,7 +30,7 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
-from pipeline.labels import ADAPTIVE_PROBES, optimizer_label, parse_label
+from pipeline.labels import ADAPTIVE_PROBES, TRAJECTORY_KEY, optimizer_label, parse_label
 from pipeline.paper_values import PaperValue, load_paper_values, sharpness_ratios, smoothness_rows
 from pipeline.schemas import DIVERGED
 from pipeline.tables import group_rows
@@ -46,7 +46,8 @@ PAPER_MAX_FRACTION = 0.04
 CONTROL_MARGIN = 1.5
 
 VERDICTS = ("held", "did not hold", "undecided", "the paper has no value")
-_TRAJ = ("sweep", "workload", "trajectory", "lr")
+_TRAJ = TRAJECTORY_KEY  # one training trajectory (block label and hparams included)
+_N = len(_TRAJ)
 
 
 def _series(table1: Iterable[Row]) -> dict[tuple, dict[str, dict[int, float | None]]]:
@@ -102,10 +103,15 @@ def verdict(holds: bool | None, paper: bool | None) -> str:
     return "held" if holds == paper else "did not hold"
 
 
+def _trajectory(key: tuple) -> str:
+    k = dict(zip(_TRAJ, key))
+    return optimizer_label(k["algorithm"], k["clip_fraction"], k["clip_target"])
+
+
 def _row(key: tuple, claim: str, subject: str, ours: Sequence[float | None], paper: Sequence[float | None],
          test, source: str | None, detail: str, control: float | None = None,
          paper_test=None) -> dict[str, object]:
-    sweep, workload, trajectory, lr = key
+    ident = dict(zip(_TRAJ, key))
     decided, fraction, holds = _side(ours, test)
     paper_decided, paper_fraction, paper_holds = _side(paper, paper_test or test)
     measured, paper_value = _median(decided), _median(paper_decided)
@@ -114,8 +120,8 @@ def _row(key: tuple, claim: str, subject: str, ours: Sequence[float | None], pap
     elif paper and not paper_decided:
         detail += "; every published point here is undecided (a negative ratio): no value to compare with"
     return {
-        "sweep": sweep, "workload": workload, "claim": claim, "trajectory": trajectory, "lr": lr,
-        "subject": subject, "n_points": len(ours), "n_undecided": len(ours) - len(decided),
+        **ident, "claim": claim, "trajectory": _trajectory(key), "subject": subject,
+        "n_points": len(ours), "n_undecided": len(ours) - len(decided),
         "measured": measured, "measured_log10": _log10(measured), "control": control,
         "fraction_holding": fraction, "holds": holds,
         "paper_value": paper_value, "paper_log10": _log10(paper_value),
@@ -155,7 +161,7 @@ def _paper_probe(label: str, published: Mapping[str, object]) -> str | None:
 
 
 def median_ratios(table1: Iterable[Row]) -> dict[tuple, float]:
-    """(sweep, workload, trajectory, lr, probe) -> median over the decided measurement points (step
+    """(*TRAJECTORY_KEY, probe) -> median over the decided measurement points (step
     0 left out when later ones exist) of the seed-mean sharpness ratio to SGD: the report's glance."""
     return {(*key, probe): statistics.median(values)
             for key, series in _series(table1).items() for probe, by_step in series.items()
@@ -171,7 +177,7 @@ def sharpness_orderings(table1: Iterable[Row], published: Sequence[PaperValue] |
     published = load_paper_values() if published is None else published
     out = []
     for key, series in sorted(_series(table1).items(), key=lambda kv: str(kv[0])):
-        source, paper = sharpness_ratios(published, key[1], key[2])
+        source, paper = sharpness_ratios(published, dict(zip(_TRAJ, key))["workload"], _trajectory(key))
         for probe in (p for p in ADAPTIVE_PROBES if p in series):
             row = _paper_probe(probe, paper)
             ours = list(series[probe].values())
@@ -220,16 +226,16 @@ def smoothness_orderings(table8: Iterable[Row], published: Sequence[PaperValue] 
         ours = [float(r["ratio"]) for r in later]  # a non-finite ratio (ell = 0) is undecided
         extra = [float(r["fraction_removed"]) <= PAPER_MAX_FRACTION
                  and float(r["ell_random"]) >= CONTROL_MARGIN * float(r["ell"]) for r in later]
-        source, paper = smoothness_rows(published, key[1], key[2])
+        source, paper = smoothness_rows(published, dict(zip(_TRAJ, key))["workload"], _trajectory(key))
         theirs = [p["ratio"] for p in paper.values()]
         paper_eps = [p["fraction_removed"] <= PAPER_MAX_FRACTION for p in paper.values()]
         eps = max(float(r["fraction_removed"]) for r in later)
         out.append(_row(
-            key[:4], "few_coordinates_carry_bad_smoothness", f"factor {key[4]:g}, {key[5]}", ours, theirs,
+            key[:_N], "few_coordinates_carry_bad_smoothness", f"factor {key[_N]:g}, {key[_N + 1]}", ours, theirs,
             lambda i, v, extra=extra: v >= PAPER_MIN_RATIO and extra[i], source,
             f"L/ell (median of decided points; max eps {eps:.2%}); holds where L/ell >= {PAPER_MIN_RATIO:g}, "
             f"eps <= {PAPER_MAX_FRACTION:.0%} and ell_random/ell >= {CONTROL_MARGIN:g} (control: as many "
-            f"coordinates removed at random, seed {key[6]}; `control` is its median L/ell_random; the paper "
+            f"coordinates removed at random, seed {key[_N + 2]}; `control` is its median L/ell_random; the paper "
             "published no control)",
             control=_median(_decided(float(r["ratio_random"]) for r in later)),
             paper_test=lambda i, v, eps_ok=paper_eps: v >= PAPER_MIN_RATIO and eps_ok[i]))
@@ -249,12 +255,11 @@ def note_diverged(checks: list[dict[str, object]], trials: Iterable[Row]) -> lis
     left_out: dict[tuple, list[str]] = {}
     for t in trials:
         if t.get("status") == DIVERGED and t["experiment"] in ("sharpness", "smoothness"):
-            key = (t["experiment"], t["sweep"], t["workload"],
-                   optimizer_label(t["algorithm"], t["clip_fraction"], t["clip_target"]), t["lr"])
+            key = (t["experiment"], *(t[k] for k in _TRAJ))
             left_out.setdefault(key, []).append(str(t["trial_id"]))
     def key_of(row: Row) -> tuple:
         experiment = "smoothness" if row["claim"] == "few_coordinates_carry_bad_smoothness" else "sharpness"
-        return (experiment, row["sweep"], row["workload"], row["trajectory"], row["lr"])
+        return (experiment, *(row[k] for k in _TRAJ))
 
     out = []
     for row in checks:

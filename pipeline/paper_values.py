@@ -101,3 +101,17 @@ def smoothness_rows(values: Iterable[PaperValue], workload: str,
         if v.table == table and v.value is not None and v.epoch is not None:
             rows.setdefault(v.epoch, {})[v.column] = v.value
     return f"Table {table}", rows
+
+
+def published_sharpness_markers(values: Iterable[PaperValue] | None = None) -> list[dict[str, object]]:
+    """The paper's sharpness ratio to SGD at its last published epoch, one row per workload, training
+    trajectory and probe: what pipeline.figures.sharpness_ratio draws as markers."""
+    values = load_paper_values() if values is None else list(values)
+    out: list[dict[str, object]] = []
+    for workload, trajectory in SHARPNESS_TABLES:
+        _, series = sharpness_ratios(values, workload, trajectory)
+        for probe, by_epoch in sorted(series.items()):
+            last = max(by_epoch)
+            out.append({"workload": workload, "trajectory": trajectory, "probe": probe, "ratio": by_epoch[last],
+                        "epoch": last})
+    return out

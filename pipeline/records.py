@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -11,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.atomic import atomic_write_bytes
-from pipeline.layout import ResultsLayout
+from pipeline.labels import hparams_key
+from pipeline.layout import DONE_MARK, ResultsLayout
 from pipeline.schemas import (
     FINISHED, IDENTIFYING_COLUMNS, OUTPUT_TABLES, STATUS, TRIAL_COLUMNS, TRIAL_TABLES, TableSpec,
 )
@@ -185,9 +187,21 @@ def write_trial_records(
     return write_encoded_records(records_dir, encode_trial_records(identity, records, status=status))
 
 
+def _older_hparams(data: pa.Table, expected: pa.Schema, path: Path) -> pa.Table:
+    """Records written before `hparams` existed: the trial's hparams from its done mark ('{}' without
+    one); _with_new_columns then fills the other new columns and puts them in the schema's order."""
+    if "hparams" not in expected.names or "hparams" in data.column_names:
+        return data
+    try:
+        value = hparams_key(json.loads((path.parent.parent / DONE_MARK).read_text()).get("hparams") or {})
+    except (OSError, ValueError):
+        value = hparams_key({})
+    return data.append_column("hparams", pa.array([value] * data.num_rows, type=pa.string()))
+
+
 def _read_parquet(table: str, path: Path) -> pa.Table:
-    data = _with_new_columns(pq.ParquetFile(path).read(), TRIAL_TABLES[table].schema)
     expected = TRIAL_TABLES[table].schema
+    data = _with_new_columns(_older_hparams(pq.ParquetFile(path).read(), expected, path), expected)
     if data.schema.names != expected.names:
         raise ValueError(f"records file {path}: columns {data.schema.names} differ from the {table!r} schema")
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,13 +14,17 @@ from pipeline.accounting import (
     STATES, TrialStates, accounting_rows, seed_counts_note, summary_line, table3_notes, trial_states,
 )
 from pipeline.atomic import atomic_write_bytes
-from pipeline.labels import optimizer_label, probe_sort_key
+from pipeline.labels import TRAJECTORY_KEY, optimizer_label, probe_sort_key, setting_text
 from pipeline.layout import ResultsLayout
 from pipeline.orderings import CONTROL_MARGIN, PAPER_MAX_FRACTION, PAPER_MIN_RATIO, VERDICTS, median_ratios
-from pipeline.paper_values import load_paper_values, sharpness_ratios, smoothness_rows
+from pipeline.paper_values import (
+    load_paper_values, published_sharpness_markers, sharpness_ratios, smoothness_rows,
+)
+from pipeline.provenance import provenance_section
+from pipeline.report_html import write_html
 from pipeline.report_landscape import landscape_section, local_vs_convergence_section
 from pipeline.schemas import DIVERGED
-from pipeline.tables import FINAL_WINDOW, group_rows, mean
+from pipeline.tables import FINAL_WINDOW, group_rows, key_order, mean
 
 Rows = list[dict[str, object]]
 
@@ -38,8 +42,8 @@ TABLE_NOTES = {
     "histogram": "tidy: histogram of log10 |v_i| per probe, the paper's 30 bins from 1e-15 to 10 (or relative to "
     "max |v| where `scale` says so), out-of-range counts in open-ended rows (paper Fig. 1)",
     "convergence": "tidy: train loss per step, test loss where evaluated (paper Fig. 6)",
-    "convergence_summary": "per workload x algorithm x clip setting: best lr, final loss mean/std over seeds, "
-    "speed-up from clipping",
+    "convergence_summary": "per setting (workload, block label, algorithm, clip, hparams): best lr, final loss "
+    "mean/std over seeds, speed-up from clipping",
     "smoothness": "tidy: Gauss-Newton L, ell, L/ell, eps per measurement point over the `gn_params` coordinates, "
     "beside the random-removal control (paper App. D)",
     "curvature": "top Hessian eigenvalue and |g|-vs-|H_ii| rank correlations, beside each probe's directional "
@@ -82,13 +86,28 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 
 
 def _trajectories(rows: Rows) -> list[tuple[tuple, Rows]]:
-    groups = group_rows(rows, fig.TRAJECTORY)  # (workload, algorithm, clip_fraction, clip_target, lr)
-    return sorted(groups.items(), key=lambda kv: (*kv[0][:4], kv[0][4] is None, kv[0][4] or 0.0))
+    groups = group_rows(rows, fig.TRAJECTORY)  # (label, workload, algorithm, clip..., hparams, lr)
+    return sorted(groups.items(), key=lambda kv: key_order(kv[0]))
 
 
 def _heading(key: Sequence[object]) -> str:
-    workload, algorithm, clip_fraction, clip_target, lr = key
-    return f"### {workload}: trajectory {optimizer_label(algorithm, clip_fraction, clip_target)}, lr {fig.lr_text(lr)}"
+    k = dict(zip(fig.TRAJECTORY, key))
+    suffix = setting_text(k)
+    return (f"### {k['workload']}: trajectory {optimizer_label(k['algorithm'], k['clip_fraction'], k['clip_target'])}"
+            f", lr {fig.lr_text(k['lr'])}" + (f" {suffix}" if suffix else ""))
+
+
+def _setting(row: Mapping[str, object]) -> str:
+    """A row's block label and hparams for a table cell ('-' for neither)."""
+    return setting_text(row) or "-"
+
+
+def _drop_setting(header: list[str], body: list[list[object]]) -> tuple[list[str], list[list[object]]]:
+    """Without its "setting" column when no row has a block label or hparams (the usual sweep)."""
+    i = header.index("setting")
+    if any(row[i] != "-" for row in body):
+        return header, body
+    return header[:i] + header[i + 1:], [row[:i] + row[i + 1:] for row in body]
 
 
 def _image(stem: str, figures: Mapping[str, Path]) -> list[str]:
@@ -131,17 +150,17 @@ def _orderings_section(rows: Rows, diverged: Rows) -> list[str]:
     if left_out:
         out += [f"Left out of these checks: {len(left_out)} diverged trial(s) ({', '.join(left_out)}); "
                 "`detail` in the table names them per row.", ""]
-    header = ["claim", "trajectory", "lr", "subject", "points", "undecided", "ours", "log10 ours", "control",
-              "paper", "log10 paper", "source", "held at", "paper held at", "verdict"]
+    header = ["claim", "trajectory", "lr", "setting", "subject", "points", "undecided", "ours", "log10 ours",
+              "control", "paper", "log10 paper", "source", "held at", "paper held at", "verdict"]
     for (workload,), group in sorted(group_rows(rows, ("workload",)).items()):
-        body = [[_CLAIMS.get(r["claim"], r["claim"]), r["trajectory"], fig.lr_text(r["lr"]), r["subject"],
+        body = [[_CLAIMS.get(r["claim"], r["claim"]), r["trajectory"], fig.lr_text(r["lr"]), _setting(r), r["subject"],
                  r["n_points"], r["n_undecided"], r["measured"], r["measured_log10"], r["control"],
                  r["paper_value"], r["paper_log10"], r["paper_source"], r["fraction_holding"],
                  r["paper_fraction_holding"], r["verdict"]]
                 for r in group]
         counts = _count([r["verdict"] for r in group])
         summary = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts.get(v))
-        out += [f"### {workload}: {summary}", "", markdown_table(header, body), ""]
+        out += [f"### {workload}: {summary}", "", markdown_table(*_drop_setting(header, body)), ""]
     return out
 
 
@@ -157,18 +176,20 @@ def _glance_section(rows: Rows) -> list[str]:
     medians = median_ratios(rows)
     published = load_paper_values()
     for (trajectory,), group in sorted(group_rows(rows, ("trajectory",)).items()):
-        columns = sorted({(r["workload"], r["lr"]) for r in group}, key=lambda c: (c[0], c[1] is None, c[1] or 0.0))
-        several = {w for w, _ in columns if sum(1 for c in columns if c[0] == w) > 1}
-        header = ["probe"] + [f"{w} lr {fig.lr_text(lr)}" if w in several else w for w, lr in columns]
-        seeds = {name: len({r["seed"] for r in group if (r["workload"], r["lr"]) == c and r["status"] != DIVERGED})
-                 for name, c in zip(header[1:], columns)}
-        papers = {w: sharpness_ratios(published, w, trajectory) for w in sorted({w for w, _ in columns})}
+        # One column per trajectory of this optimizer: workload, and lr / label / hparams where they vary.
+        keys = sorted({tuple(r[k] for k in TRAJECTORY_KEY) for r in group}, key=key_order)
+        columns = [dict(zip(TRAJECTORY_KEY, k)) for k in keys]
+        several = {c["workload"] for c in columns if sum(1 for d in columns if d["workload"] == c["workload"]) > 1}
+        header = ["probe"] + [" ".join([c["workload"], f"lr {fig.lr_text(c['lr'])}", setting_text(c)]).strip()
+                              if c["workload"] in several else c["workload"] for c in columns]
+        papers = {w: sharpness_ratios(published, w, trajectory) for w in sorted({c["workload"] for c in columns})}
+        seeds = {name: len({r["seed"] for r in group if tuple(r[c] for c in TRAJECTORY_KEY) == k
+                            and r["status"] != DIVERGED}) for name, k in zip(header[1:], keys)}
         header += [f"paper {w} ({source})" if source else f"paper {w}" for w, (source, _) in papers.items()]
         probes = sorted({r["probe"] for r in group}, key=probe_sort_key)
-        sweeps = {(r["workload"], r["lr"]): r["sweep"] for r in group}
-        body = [[p, *[medians.get((sweeps[c], c[0], trajectory, c[1], p)) for c in columns],
+        body = [[p, *[medians.get((*k, p)) for k in keys],
                  *[_published_median(series.get(p)) for _, series in papers.values()]] for p in probes]
-        lrs = ", ".join(f"{w} {fig.lr_text(lr)}" for w, lr in columns)
+        lrs = ", ".join(f"{c['workload']} {fig.lr_text(c['lr'])}" for c in columns)
         out += [f"### trajectory {trajectory} (lr: {lrs})", "", markdown_table(header, body), ""]
         note = seed_counts_note(seeds)
         out += [f"Note: {note}.", ""] if note else []
@@ -227,7 +248,7 @@ def _sharpness_section(rows: Rows, figures: Mapping[str, Path], sharpness: Rows)
         header = ["step", "probe", *columns, "mean", "paper ratio", "undecided"]
         out += [_heading(key), "", markdown_table(header, body), ""]
         for kind in ("sharpness_ratio", "landscape", "histogram"):
-            out += _image(fig.figure_stem(kind, *key), figures)
+            out += _image(fig.trajectory_stem(kind, key), figures)
     return out
 
 
@@ -244,23 +265,24 @@ def _convergence_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
            "lr is the smallest or largest of its grid, so the grid does not bracket the optimum and a better "
            "lr may lie beyond it. The figure shows the loss curves at the best lr with a +-1 std band over "
            "seeds.", ""]
-    header = ["algorithm", "lr", "final loss", "clip", "clip lr", "clip final loss",
+    header = ["algorithm", "setting", "lr", "final loss", "clip", "clip lr", "clip final loss",
               "steps", "clip steps", "speed-up", "loss ratio"]
     for (workload,), group in sorted(group_rows(rows, ("workload",)).items()):
         body = []
-        for r in sorted(group, key=lambda r: (r["algorithm"], r["clip_fraction"] or 0.0, r["clip_target"] or "")):
+        order = ("algorithm", "hparams", "label", "clip_fraction", "clip_target")
+        for r in sorted(group, key=lambda r: key_order([r[k] for k in order])):
             clip = None
             if r["clip_fraction"] is not None:
                 clip = optimizer_label(r["algorithm"], r["clip_fraction"], r["clip_target"])
             body.append([
-                r["algorithm"], _lr_cell(r["lr"], r["n_seeds"], r.get("lr_at_edge")),
+                r["algorithm"], _setting(r), _lr_cell(r["lr"], r["n_seeds"], r.get("lr_at_edge")),
                 _pm(r["final_loss_mean"], r["final_loss_std"], r["n_seeds"] and r["n_diverged"] == r["n_seeds"]),
                 clip, _lr_cell(r["clip_lr"], r["clip_n_seeds"], r.get("clip_lr_at_edge")),
                 _pm(r["clip_final_loss_mean"], r["clip_final_loss_std"],
                     r["clip_n_seeds"] and r["clip_n_diverged"] == r["clip_n_seeds"]), r["steps_to_target"],
                 r["clip_steps_to_target"], r["speedup"], r["loss_ratio"],
             ])
-        out += [f"### {workload}", "", markdown_table(header, body), ""]
+        out += [f"### {workload}", "", markdown_table(*_drop_setting(header, body)), ""]
         out += [f"Note: {note}." for note in table3_notes(group)]
         out += [""] if table3_notes(group) else []
         out += _image(fig.figure_stem("loss", workload), figures)
@@ -279,7 +301,7 @@ def _pm(m: float | None, s: float | None, diverged: object = False) -> str | Non
 
 
 def _smoothness_order(r: dict[str, object]) -> tuple:
-    return (r["trajectory"], r["lr"] is None, r["lr"] or 0.0, r["outlier_factor"], r["step"])
+    return key_order([r[k] for k in ("trajectory", "label", "hparams", "lr", "outlier_factor", "step")])
 
 
 def _smoothness_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
@@ -295,15 +317,15 @@ def _smoothness_section(rows: Rows, figures: Mapping[str, Path]) -> list[str]:
            "their L and ell are n times ours (L/ell and eps are the same). Means over seeds; L/ell is the "
            "mean of each seed's ratio. The paper's Table 8 (pretrained BERT on IMDB, epochs) follows each "
            "workload's table where it applies. Seeds whose trial diverged are left out (`diverged`).", ""]
-    header = ["trajectory", "lr", "params", "factor", "seed", "step", "seeds", "diverged", "L", "ell", "L/ell", "eps",
-              "L/ell random"]
+    header = ["trajectory", "lr", "setting", "params", "factor", "seed", "step", "seeds", "diverged", "L", "ell",
+              "L/ell", "eps", "L/ell random"]
     published = load_paper_values()
     for (workload,), group in sorted(group_rows(rows, ("workload",)).items()):
-        body = [[r["trajectory"], fig.lr_text(r["lr"]), r.get("gn_params"), r["outlier_factor"],
+        body = [[r["trajectory"], fig.lr_text(r["lr"]), _setting(r), r.get("gn_params"), r["outlier_factor"],
                  r.get("control_seed"), r["step"], r["n_seeds"], r.get("n_diverged"), r["L"], r["ell"], r["ratio"],
                  r["fraction_removed"], r.get("ratio_random")]
                 for r in sorted(group, key=_smoothness_order)]
-        out += [f"### {workload}", "", markdown_table(header, body), ""]
+        out += [f"### {workload}", "", markdown_table(*_drop_setting(header, body)), ""]
         for trajectory in sorted({r["trajectory"] for r in group}):
             source, paper = smoothness_rows(published, workload, trajectory)
             if source:
@@ -365,15 +387,17 @@ def _curvature_section(every: Rows, figures: Mapping[str, Path]) -> list[str]:
                          mean(noise) if noise else None, *ratios])
         header = ["step", "lambda_max", "converged", "rank corr", "rank corr top-k", "H stderr", *probes]
         out += [_heading(key), "", markdown_table(header, body), ""]
-        out += _image(fig.figure_stem("curvature", *key), figures)
+        out += _image(fig.trajectory_stem("curvature", key), figures)
     return out
 
 
 def render_report(
-    tables: Mapping[str, pa.Table], figures: Mapping[str, Path], states: TrialStates | None = None
+    tables: Mapping[str, pa.Table], figures: Mapping[str, Path], states: TrialStates | None = None,
+    layout: ResultsLayout | None = None,
 ) -> str:
     """The report's markdown text; no date in it, so the same sweep gives the same report. With
-    `states` (pipeline.accounting), it says what became of every planned trial, per table."""
+    `states` (pipeline.accounting), it says what became of every planned trial, per table; with
+    `layout`, the commands, configuration and versions at the end (pipeline.provenance)."""
     rows = {name: data.to_pylist() for name, data in tables.items()}
     sweeps = sorted({r["sweep"] for data in rows.values() for r in data})
     trials = {r["trial_id"]: r["experiment"] for data in rows.values() for r in data if "trial_id" in r}
@@ -385,13 +409,8 @@ def render_report(
     out = [f"# Sweep {', '.join(sweeps) or '-'}", "",
            f"{counted}; workloads: {', '.join(workloads) or '-'}.",
            "Reproduction of Pan & Li, \"Toward Understanding Why Adam Converges Faster Than SGD for "
-           "Transformers\" (arXiv 2306.00204). Re-create with `python -m pipeline aggregate <this directory>`.", "",
-           "## Tables", ""]
-    out += [f"- `tables/{name}.parquet` ({tables[name].num_rows} rows): {note}"
-            for name, note in TABLE_NOTES.items() if name in tables]
-    out.append("")
-    if states is not None:
-        out += _accounting_section(states, tables, diverged)
+           "Transformers\" (arXiv 2306.00204): the paper's claims checked first, then each measurement; "
+           "the commands that regenerate this report, the configuration and the package versions at the end.", ""]
     if rows.get("orderings"):
         out += _orderings_section(rows["orderings"], diverged)
     if rows.get("table1_sharpness_ratio"):
@@ -413,6 +432,14 @@ def render_report(
     rest = [stem for stem in figures if f"figures/{stem}.png" not in linked]
     if rest:
         out += ["## Other figures", ""] + [line for stem in rest for line in _image(stem, figures)]
+    out += ["## Tables", ""]
+    out += [f"- `tables/{name}.parquet` ({tables[name].num_rows} rows): {note}"
+            for name, note in TABLE_NOTES.items() if name in tables]
+    out.append("")
+    if states is not None:
+        out += _accounting_section(states, tables, diverged)
+    if layout is not None:
+        out += provenance_section(layout)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -423,18 +450,25 @@ def _count(values: Sequence[str]) -> dict[str, int]:
     return counts
 
 
-def write_report(layout: ResultsLayout, tables: Mapping[str, pa.Table]) -> dict[str, Path]:
-    """Render the figures into the layout's figures/ and write its report.md (atomically).
+def write_report(layout: ResultsLayout, tables: Mapping[str, pa.Table],
+                 published: Iterable[Mapping[str, object]] | None = None) -> dict[str, Path]:
+    """Render the figures into the layout's figures/ and write its report.md and report.html
+    (the same text as one self-contained page, pipeline.report_html), atomically.
 
-    Returns "report" and "figure:<stem>" -> path. PNGs in figures/ that this run did not render
-    (stale, from an earlier aggregation) are removed so the report never links old data.
+    Returns "report", "report_html" and "figure:<stem>" -> path. PNGs in figures/ that this run did
+    not render (stale, from an earlier aggregation) are removed so the report never links old data.
+    `published`: the paper's sharpness ratios, drawn as markers (pipeline.figures.sharpness_ratio);
+    None: those of pipeline/paper_values.csv at the paper's last published epoch.
     """
     figure_dir = layout.figures_dir
-    figures = fig.render_figures(tables, figure_dir)
+    markers = published_sharpness_markers() if published is None else published
+    figures = fig.render_figures(tables, figure_dir, markers)
     if figure_dir.is_dir():
         for png in figure_dir.glob("*.png"):
             if png.stem not in figures:
                 png.unlink()
     report = layout.report_path
-    atomic_write_bytes(report, render_report(tables, figures, trial_states(layout)).encode())
-    return {"report": report, **{f"figure:{stem}": path for stem, path in figures.items()}}
+    text = render_report(tables, figures, trial_states(layout), layout)
+    atomic_write_bytes(report, text.encode())
+    page = write_html(layout.report_html_path, text, figures)
+    return {"report": report, "report_html": page, **{f"figure:{stem}": path for stem, path in figures.items()}}

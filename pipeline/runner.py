@@ -63,7 +63,7 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
 class Sink(Protocol):
     """Where a trial's results go (pipeline.sink.ResultsSink, or its Ray actor on the driver's node)."""
 
-    def start(self, trial: Trial) -> None: ...
+    def start(self, trial: Trial) -> str | None: ...  # the trial's tracking run id
     def log(self, trial_id: str, points: list[tuple[int, dict[str, float]]]) -> None: ...
     def save_checkpoint(self, trial_id: str, payload: bytes) -> None: ...
     def load_checkpoint(self, trial_id: str) -> bytes | None: ...
@@ -98,7 +98,7 @@ def run_trial(
     from pipeline.records import encode_trial_records
 
     start = time.perf_counter()
-    sink.start(trial)
+    run_id = sink.start(trial)
     resumed = {"resumed_at": 0}
     pending: list[tuple[int, dict[str, float]]] = []
     last_flush = [time.monotonic()]
@@ -143,7 +143,7 @@ def run_trial(
         status = outcome.pop("status", "finished")
         records["trials"] = [{"node_ip": node or host, "hostname": host, "seconds": seconds,
                               "diverged_step": outcome.get("diverged_step"),
-                              "diverged_loss": outcome.get("diverged_loss")}]
+                              "diverged_loss": outcome.get("diverged_loss"), "run_id": run_id}]
         encoded = encode_trial_records(trial.identity(), records, status=status)
         flush()
         tracked = sink.finish(trial, encoded, status)

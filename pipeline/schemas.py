@@ -11,11 +11,13 @@ STR, F64, I64, BOOL = pa.string(), pa.float64(), pa.int64(), pa.bool_()
 
 @dataclass(frozen=True)
 class TableSpec:
-    """A table's name, schema and the key columns that fix its row order (determinism)."""
+    """A table's name, schema, the key columns that fix its row order (determinism) and its
+    identifying columns: those that name the setting (or trial) each row summarises."""
 
     name: str
     schema: pa.Schema
     sort_keys: tuple[str, ...]
+    identity: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -27,18 +29,41 @@ def _fields(*specs: tuple) -> list[pa.Field]:
     return [pa.field(s[0], s[1], nullable=len(s) > 2 and s[2]) for s in specs]
 
 
-# On every trial row (docs/architecture.md "Tables"); lr is null for Adafactor's relative step.
-IDENTIFYING = _fields(
-    ("trial_id", STR), ("sweep", STR), ("experiment", STR), ("workload", STR), ("algorithm", STR),
-    ("clip_fraction", F64), ("clip_target", STR), ("lr", F64, True), ("seed", I64),
+def _names(fields: list[pa.Field]) -> tuple[str, ...]:
+    return tuple(f.name for f in fields)
+
+
+# --- identity: every table starts with the columns that name what a row summarises --------------
+# Three levels (README "The tables" says which table has which; tests/test_schemas.py checks it):
+# setting    = pipeline.labels.SETTING_KEY: the optimizer a trial trains with, the block's label and
+#              the optimizer's other hparams (canonical JSON, pipeline.labels.hparams_key);
+# trajectory = a setting at one lr (null: Adafactor's relative step); seeds are its repeats;
+# trial      = one trial: its id, its MLflow run id (null without a run), experiment and seed besides.
+SETTING_IDENTITY = _fields(
+    ("sweep", STR), ("label", STR, True), ("workload", STR), ("algorithm", STR), ("clip_fraction", F64),
+    ("clip_target", STR), ("hparams", STR),
 )
-IDENTIFYING_COLUMNS: tuple[str, ...] = tuple(f.name for f in IDENTIFYING)
+TRAJECTORY_IDENTITY = SETTING_IDENTITY + _fields(("lr", F64, True))
+# On every trial record row (docs/architecture.md "Tables").
+IDENTIFYING = _fields(
+    ("trial_id", STR), ("sweep", STR), ("experiment", STR), ("label", STR, True), ("workload", STR),
+    ("algorithm", STR), ("clip_fraction", F64), ("clip_target", STR), ("hparams", STR), ("lr", F64, True),
+    ("seed", I64),
+)
+IDENTIFYING_COLUMNS: tuple[str, ...] = _names(IDENTIFYING)
+# The trial's MLflow run: the `trials` record carries it, the aggregate stage joins it on by trial_id.
+RUN_ID = pa.field("run_id", STR, nullable=True)
+TRIAL_IDENTITY = IDENTIFYING[:1] + [RUN_ID] + IDENTIFYING[1:]
 # Beside the identity on every trial row: the trial's outcome, "finished" or "diverged" (its
 # training loss blew up: pipeline.experiments.loop; it has rows only from before that point).
 STATUS = _fields(("status", STR))
 TRIAL_COLUMNS: tuple[str, ...] = IDENTIFYING_COLUMNS + ("status",)
 FINISHED, DIVERGED = "finished", "diverged"
-_TRIAL_KEYS = ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "seed", "trial_id")
+IDENTITY_LEVELS: dict[str, tuple[str, ...]] = {
+    "trial": _names(TRIAL_IDENTITY), "trajectory": _names(TRAJECTORY_IDENTITY), "setting": _names(SETTING_IDENTITY),
+}
+_SETTING_KEYS = ("workload", "label", "algorithm", "clip_fraction", "clip_target", "hparams")
+_TRIAL_KEYS = _SETTING_KEYS + ("lr", "seed", "trial_id")
 
 # The experiment's own columns, exactly as the experiments emit them.
 _EXPERIMENT_COLUMNS: dict[str, list[pa.Field]] = {
@@ -89,10 +114,11 @@ _EXPERIMENT_COLUMNS: dict[str, list[pa.Field]] = {
         ("outlier_factor", F64), ("n_samples", I64),
         ("gn_params", STR), ("n_params", I64), ("control_seed", I64),
     ),
-    # One row per completed trial: where it ran (Ray's node address), how long it took, and for a
-    # diverged trial the point and the training loss at which it stopped.
+    # One row per completed trial: where it ran (Ray's node address), how long it took, for a
+    # diverged trial the point and the training loss at which it stopped, and its tracking run (the
+    # sink returns the run id when the trial starts).
     "trials": _fields(("node_ip", STR), ("hostname", STR), ("seconds", F64), ("diverged_step", I64, True),
-                      ("diverged_loss", F64, True)),
+                      ("diverged_loss", F64, True)) + [RUN_ID],
 }
 _EXPERIMENT_KEYS = {
     "sharpness": ("step", "probe"),
@@ -107,29 +133,46 @@ _EXPERIMENT_KEYS = {
 }
 
 TRIAL_TABLES: dict[str, TableSpec] = {
-    name: TableSpec(name, pa.schema(IDENTIFYING + STATUS + cols), _TRIAL_KEYS + _EXPERIMENT_KEYS[name])
+    name: TableSpec(name, pa.schema(IDENTIFYING + STATUS + cols), _TRIAL_KEYS + _EXPERIMENT_KEYS[name],
+                    IDENTIFYING_COLUMNS)
     for name, cols in _EXPERIMENT_COLUMNS.items()
 }
 
 # --- the aggregate stage's tables (<sweep_dir>/tables/<name>.parquet) ---------------------------
 
+
+def derived_spec(name: str, level: str, columns: list[pa.Field], keys: tuple[str, ...] = (),
+                 identity: list[pa.Field] | None = None) -> TableSpec:
+    """An aggregate table: the identity columns of `level` ("trial", "trajectory", "setting") first,
+    then its own; rows sort by the identity, then `keys`. Every aggregate table is built here, so a
+    new one carries the full identity of what it summarises (pipeline.aggregate fills run_id)."""
+    fields = identity if identity is not None else {"trial": TRIAL_IDENTITY, "trajectory": TRAJECTORY_IDENTITY,
+                                                    "setting": SETTING_IDENTITY}[level]
+    if _names(fields) != IDENTITY_LEVELS[level]:
+        raise ValueError(f"table {name!r}: identity columns {_names(fields)} differ from the {level} level's")
+    base = _TRIAL_KEYS if level == "trial" else _SETTING_KEYS + (("lr",) if level == "trajectory" else ())
+    return TableSpec(name, pa.schema(fields + columns), base + keys, _names(fields))
+
+
+# The per-trial records as aggregate tables: the trial identity (with run_id), then the experiment's columns.
+TRIAL_OUTPUTS = {
+    name: derived_spec(name, "trial", STATUS + [f for f in cols if f.name != "run_id"], _EXPERIMENT_KEYS[name])
+    for name, cols in _EXPERIMENT_COLUMNS.items()
+}
+
 # Curvature beside directional sharpness: each curvature row joined with the sharpness rows of the
 # same trial and step (one row per probe; probe null when that trial measured no sharpness).
-CURVATURE_JOINED = TableSpec(
-    "curvature",
-    pa.schema(
-        list(TRIAL_TABLES["curvature"].schema)
-        + _fields(("probe", STR, True), ("directional_sharpness", F64, True),
-                  ("sharpness_to_top_eigenvalue", F64, True))
-    ),
-    _TRIAL_KEYS + ("step", "probe"),
+CURVATURE_JOINED = derived_spec(
+    "curvature", "trial",
+    STATUS + _EXPERIMENT_COLUMNS["curvature"] + _fields(
+        ("probe", STR, True), ("directional_sharpness", F64, True), ("sharpness_to_top_eigenvalue", F64, True)),
+    ("step", "probe"),
 )
 
-_GROUP = _fields(("sweep", STR), ("workload", STR), ("algorithm", STR), ("clip_fraction", F64), ("clip_target", STR))
-
-CONVERGENCE_SUMMARY = TableSpec(
-    "convergence_summary",
-    pa.schema(_GROUP + _fields(
+CONVERGENCE_SUMMARY = derived_spec(
+    "convergence_summary", "setting",
+    _fields(
+        ("baseline_label", STR, True),        # the label of the unclipped setting compared with
         ("best_lr", F64, True),               # null: Adafactor's relative step won
         # finished, diverged (every seed at best_lr) or partly_diverged; n_diverged of n_seeds
         ("status", STR), ("n_lrs", I64), ("n_seeds", I64), ("n_diverged", I64),
@@ -141,58 +184,52 @@ CONVERGENCE_SUMMARY = TableSpec(
         ("target_loss", F64, True),           # the unclipped baseline's final_loss_mean
         ("steps_to_target", I64, True), ("baseline_steps_to_target", I64, True),
         ("speedup", F64, True), ("loss_ratio", F64, True),
-    )),
-    ("workload", "algorithm", "clip_fraction", "clip_target"),
+    ),
 )
 
-TABLE1_SHARPNESS_RATIO = TableSpec(
-    "table1_sharpness_ratio",
-    pa.schema(_fields(
-        ("sweep", STR), ("workload", STR), ("trajectory", STR), ("algorithm", STR), ("clip_fraction", F64),
-        ("clip_target", STR), ("lr", F64, True), ("step", I64), ("probe", STR), ("seed", I64),
-        ("status", STR),  # the seed's trial: a diverged one is left out of ratio_mean and n_seeds
-        ("ratio_to_sgd", F64, True), ("ratio_mean", F64, True), ("n_seeds", I64),
-        ("ratio_to_sgd_paper", F64, True), ("ratio_paper_mean", F64, True),
-        ("undecided", BOOL), ("n_undecided", I64),
-    )),
-    ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "step", "probe", "seed"),
+TABLE1_SHARPNESS_RATIO = derived_spec(
+    "table1_sharpness_ratio", "trial",
+    _fields(("trajectory", STR), ("step", I64), ("probe", STR),
+            ("status", STR),  # the seed's trial: a diverged one is left out of ratio_mean and n_seeds
+            ("ratio_to_sgd", F64, True),
+            ("ratio_mean", F64, True), ("n_seeds", I64),
+            ("ratio_to_sgd_paper", F64, True), ("ratio_paper_mean", F64, True),
+            ("undecided", BOOL), ("n_undecided", I64)),
+    ("step", "probe"),
 )
 
-TABLE3_CONVERGENCE = TableSpec(
-    "table3_convergence",
-    pa.schema(_fields(
-        ("sweep", STR), ("workload", STR), ("algorithm", STR),
+# Paper Table 3: the clipped setting's identity (clip columns null on a row with no clipped run),
+# beside the unclipped baseline (its label in baseline_label).
+TABLE3_CONVERGENCE = derived_spec(
+    "table3_convergence", "setting",
+    _fields(
+        ("baseline_label", STR, True),
         ("lr", F64, True), ("lr_at_edge", BOOL, True), ("final_loss_mean", F64, True), ("final_loss_std", F64, True),
         ("n_seeds", I64, True), ("n_diverged", I64, True),
-        ("clip_fraction", F64, True), ("clip_target", STR, True), ("clip_lr", F64, True),
-        ("clip_lr_at_edge", BOOL, True),
+        ("clip_lr", F64, True), ("clip_lr_at_edge", BOOL, True),
         ("clip_final_loss_mean", F64, True), ("clip_final_loss_std", F64, True),
         ("clip_n_seeds", I64, True), ("clip_n_diverged", I64, True),
         ("steps_to_target", I64, True), ("clip_steps_to_target", I64, True),
         ("speedup", F64, True), ("loss_ratio", F64, True),
-    )),
-    ("workload", "algorithm", "clip_fraction", "clip_target"),
+    ),
+    identity=[f.with_nullable(True) if f.name in ("clip_fraction", "clip_target") else f for f in SETTING_IDENTITY],
 )
 
-TABLE8_SMOOTHNESS = TableSpec(
-    "table8_smoothness",
-    pa.schema(_fields(
-        ("sweep", STR), ("workload", STR), ("trajectory", STR), ("algorithm", STR), ("clip_fraction", F64),
-        ("clip_target", STR), ("lr", F64, True), ("outlier_factor", F64), ("gn_params", STR),
-        ("control_seed", I64), ("step", I64), ("n_seeds", I64),
-        ("n_diverged", I64),  # seeds whose trial diverged: left out of the means and of n_seeds
-        ("L", F64), ("ell", F64), ("ratio", F64), ("fraction_removed", F64),
-        ("ell_random", F64), ("ratio_random", F64),
-    )),
-    ("workload", "algorithm", "clip_fraction", "clip_target", "lr", "outlier_factor", "gn_params", "step"),
+TABLE8_SMOOTHNESS = derived_spec(
+    "table8_smoothness", "trajectory",
+    _fields(("trajectory", STR), ("outlier_factor", F64), ("gn_params", STR), ("control_seed", I64), ("step", I64),
+            ("n_seeds", I64),
+            ("n_diverged", I64),  # seeds whose trial diverged: left out of the means and of n_seeds
+            ("L", F64), ("ell", F64), ("ratio", F64), ("fraction_removed", F64),
+            ("ell_random", F64), ("ratio_random", F64)),
+    ("outlier_factor", "gn_params", "step"),
 )
 
-# The paper's orderings claims checked per workload (pipeline/orderings.py).
-ORDERINGS = TableSpec(
-    "orderings",
-    pa.schema(_fields(
-        ("sweep", STR), ("workload", STR), ("claim", STR), ("trajectory", STR), ("lr", F64, True),
-        ("subject", STR), ("n_points", I64), ("n_undecided", I64),
+# The paper's orderings claims checked per workload (pipeline/orderings.py), per training trajectory.
+ORDERINGS = derived_spec(
+    "orderings", "trajectory",
+    _fields(
+        ("trajectory", STR), ("claim", STR), ("subject", STR), ("n_points", I64), ("n_undecided", I64),
         ("measured", F64, True), ("measured_log10", F64, True),
         ("control", F64, True),  # smoothness: median L / ell_random of the random-removal control
         ("fraction_holding", F64, True), ("holds", BOOL, True),
@@ -200,24 +237,24 @@ ORDERINGS = TableSpec(
         ("paper_value", F64, True), ("paper_log10", F64, True), ("paper_points", I64),
         ("paper_fraction_holding", F64, True), ("paper", BOOL, True), ("paper_source", STR, True),
         ("agrees", BOOL, True), ("verdict", STR), ("detail", STR),
-    )),
-    ("workload", "claim", "trajectory", "lr", "subject"),
+    ),
+    ("claim", "subject"),
 )
 
 # Sec. 5's link: better local loss reduction along an algorithm's direction <-> faster convergence.
-LOCAL_VS_CONVERGENCE = TableSpec(
-    "local_vs_convergence",
-    pa.schema(_fields(
-        ("sweep", STR), ("workload", STR), ("trajectory", STR), ("lr", F64, True), ("probe", STR),
+LOCAL_VS_CONVERGENCE = derived_spec(
+    "local_vs_convergence", "trajectory",
+    _fields(
+        ("trajectory", STR), ("probe", STR),
         ("n_points", I64), ("best_reduction_mean", F64), ("reduction_rank", I64),
         ("convergence_lr", F64, True), ("final_loss_mean", F64, True), ("convergence_rank", I64, True),
         ("n_ranked", I64), ("rank_correlation", F64, True),
-    )),
-    ("workload", "trajectory", "lr", "probe"),
+    ),
+    ("probe",),
 )
 
 OUTPUT_TABLES: dict[str, TableSpec] = {
-    **{name: spec for name, spec in TRIAL_TABLES.items() if name != "curvature"},
+    **{name: spec for name, spec in TRIAL_OUTPUTS.items() if name != "curvature"},
     "curvature": CURVATURE_JOINED,
     "convergence_summary": CONVERGENCE_SUMMARY,
     "table1_sharpness_ratio": TABLE1_SHARPNESS_RATIO,

@@ -60,10 +60,11 @@ class ResultsSink:
     def tracking_failure(self) -> str | None:
         return self.tracking_error
 
-    def start(self, trial: Trial) -> None:
+    def start(self, trial: Trial) -> str | None:
         """A trial (or an attempt) begins: records and errors of an earlier, unfinished attempt go
         (its checkpoint stays); the tracking run starts, or goes on where an attempt died (a retried
-        trial keeps its run: the sweep run finds it by trial id)."""
+        trial keeps its run: the sweep run finds it by trial id). Returns the run's id, which the
+        trial records in `trials` (None: no run, or tracking has failed)."""
         shutil.rmtree(self.layout.records_dir(trial.trial_id), ignore_errors=True)
         self.layout.error_file(trial.trial_id).unlink(missing_ok=True)
         self._attempts[trial.trial_id] = self._attempts.get(trial.trial_id, 0) + 1
@@ -71,6 +72,8 @@ class ResultsSink:
             run = self._track(self.sweep_run.start_trial, trial)
             if run is not None:
                 self._runs[trial.trial_id] = run
+        run = self._runs.get(trial.trial_id)
+        return getattr(run, "run_id", None) if run is not None else None
 
     def log(self, trial_id: str, points: Sequence[Point]) -> None:
         run = self._runs.get(trial_id)

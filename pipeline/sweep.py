@@ -71,8 +71,8 @@ class RemoteSink:
     def __init__(self, actor: ray.actor.ActorHandle) -> None:
         self.actor = actor
 
-    def start(self, trial: Trial) -> None:
-        ray.get(self.actor.start.remote(trial))
+    def start(self, trial: Trial) -> str | None:
+        return ray.get(self.actor.start.remote(trial))
 
     def log(self, trial_id: str, points: list[tuple[int, dict[str, float]]]) -> None:
         # Not waited for: a slow tracking store must not slow the trial (the actor runs one
@@ -267,6 +267,7 @@ def run(plan: SweepPlan, *, log: Log = lambda line: None, verbose: bool = False,
     outcome.sweep_run = sweep_run
     write_tracking_file(plan.layout, plan.tracker.uri, config.name)
     plan.layout.write_plan([t.trial_id for t in config.trials], {t.trial_id: t.experiment for t in config.trials})
+    plan.layout.write_config(config.to_yaml())  # the report shows it; `sweep <it>` reruns the sweep
     status, reason = "KILLED", "the sweep command ended before its trials did"
     try:
         if plan.trials:

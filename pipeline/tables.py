@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
 from pipeline.labels import SETTING_KEY, TRAJECTORY_KEY, optimizer_label
-from pipeline.schemas import DIVERGED, FINISHED
+from pipeline.schemas import DIVERGED, FINISHED, IDENTITY_LEVELS
 
 PARTLY_DIVERGED = "partly_diverged"  # some of a setting's seeds diverged, not all
 
@@ -51,6 +51,16 @@ def group_rows(rows: Iterable[Row], keys: Sequence[str]) -> dict[tuple, list[Row
     for row in rows:
         groups[tuple(row[k] for k in keys)].append(row)
     return groups
+
+
+def key_order(key: Sequence[object]) -> tuple:
+    """A sort key for group keys that may hold None (a label, Adafactor's lr) beside values: None first."""
+    return tuple((v is not None, v if v is not None else 0) for v in key)
+
+
+def identity(row: Row, keys: Sequence[str]) -> dict[str, object]:
+    """The identifying columns `keys` (pipeline.labels.SETTING_KEY, TRAJECTORY_KEY) copied from a row."""
+    return {k: row[k] for k in keys}
 
 
 # --- convergence -----------------------------------------------------------------------------
@@ -120,7 +130,8 @@ def _lr_result(runs: Sequence[Sequence[Row]], window: int) -> dict[str, object]:
 
 
 def convergence_summary(rows: Iterable[Row], *, final_window: int = FINAL_WINDOW) -> list[dict[str, object]]:
-    """Per workload x algorithm x clip setting: best lr, final loss over seeds, speed-up from clipping.
+    """Per setting (pipeline.labels.SETTING_KEY: block label, workload, algorithm, clip, hparams): best
+    lr, final loss over seeds, speed-up from clipping.
 
     best lr: among the learning rates at which no seed diverged (when there is one), the lr with
     the lowest mean over seeds of the final train loss (NaN counts as +inf; ties go to the smaller
@@ -131,12 +142,13 @@ def convergence_summary(rows: Iterable[Row], *, final_window: int = FINAL_WINDOW
     algorithm (at its best lr) needs to reach its own final loss, divided by the steps the clipped
     run (at its best lr) needs to reach that same loss; both read off the seed-mean loss curve
     smoothed with the same trailing window. > 1 means clipping converges faster; null when the
-    clipped run never gets there. loss_ratio = clipped final loss / unclipped final loss.
+    clipped run never gets there. loss_ratio = clipped final loss / unclipped final loss. The
+    baseline is found by _baseline; its label is in baseline_label.
     """
     if final_window < 1:
         raise ValueError(f"final_window: must be >= 1, got {final_window}")
     best: dict[tuple, dict[str, object]] = {}
-    for key, group in sorted(group_rows(rows, SETTING_KEY).items()):
+    for key, group in sorted(group_rows(rows, SETTING_KEY).items(), key=lambda kv: key_order(kv[0])):
         by_lr = group_rows(group, ("lr",))
         results = {}
         for (lr,), lr_rows in by_lr.items():
@@ -148,10 +160,9 @@ def convergence_summary(rows: Iterable[Row], *, final_window: int = FINAL_WINDOW
                      **results[ranked[0]]}
     out = []
     for key, res in best.items():
-        sweep, workload, algorithm, clip_fraction, clip_target = key
+        setting = dict(zip(SETTING_KEY, key))
         row = {
-            "sweep": sweep, "workload": workload, "algorithm": algorithm,
-            "clip_fraction": clip_fraction, "clip_target": clip_target, "best_lr": res["best_lr"],
+            **setting, "baseline_label": None, "best_lr": res["best_lr"],
             "status": res["status"], "n_lrs": res["n_lrs"], "best_lr_at_edge": res["best_lr_at_edge"],
             "n_seeds": res["n_seeds"], "n_diverged": res["n_diverged"], "final_window": final_window,
             "last_step": res["last_step"], "final_loss_mean": res["final_loss_mean"],
@@ -159,11 +170,13 @@ def convergence_summary(rows: Iterable[Row], *, final_window: int = FINAL_WINDOW
             "target_loss": None, "steps_to_target": None, "baseline_steps_to_target": None,
             "speedup": None, "loss_ratio": None,
         }
-        base = _baseline(best, key) if clip_fraction != 0 else None
+        base_key = _baseline(best, setting) if setting["clip_fraction"] != 0 else None
+        base = best[base_key] if base_key is not None else None
         if base is not None and base["final_loss_mean"] is not None:
             target = float(base["final_loss_mean"])
             clipped_steps = steps_to_reach(res["curve"], target, final_window)
             base_steps = steps_to_reach(base["curve"], target, final_window)
+            row["baseline_label"] = dict(zip(SETTING_KEY, base_key))["label"]
             row["target_loss"] = target
             row["steps_to_target"] = clipped_steps
             row["baseline_steps_to_target"] = base_steps
@@ -189,46 +202,72 @@ def _nan_last(x: object) -> float:
     return math.inf if x is None or math.isnan(float(x)) else float(x)
 
 
-def _baseline(best: Mapping[tuple, Mapping[str, object]], key: tuple) -> Mapping | None:
-    # The unclipped run of the same algorithm; with fraction 0 the clip target is moot, prefer "grad".
-    sweep, workload, algorithm = key[:3]
-    for target in ("grad", "update"):
-        if (sweep, workload, algorithm, 0.0, target) in best:
-            return best[(sweep, workload, algorithm, 0.0, target)]
+def _baseline(best: Mapping[tuple, Mapping[str, object]], setting: Mapping[str, object]) -> tuple | None:
+    """The unclipped setting a clipped one is compared with: same sweep, workload, algorithm and
+    hparams, clip fraction 0 (target "grad" preferred: with fraction 0 it is moot); from the same
+    block label when it has one, else from the one other label that has it (a block that only
+    re-runs the clipped variant on its own lr grid is compared with the main block's run)."""
+    labels = sorted({dict(zip(SETTING_KEY, k))["label"] for k in best}, key=lambda v: key_order((v,)))
+    for group in ([setting["label"]], [v for v in labels if v != setting["label"]]):
+        found = []
+        for label in group:
+            for target in ("grad", "update"):
+                key = tuple({**setting, "clip_fraction": 0.0, "clip_target": target, "label": label}[k]
+                            for k in SETTING_KEY)
+                if key in best:
+                    found.append(key)
+                    break
+        if len(found) == 1:
+            return found[0]
+        if found:  # several other blocks have one: which is meant is not ours to guess
+            return None
     return None
 
 
 def table3_convergence(summary: Sequence[Row]) -> list[dict[str, object]]:
-    """Paper Table 3: per workload and algorithm, the unclipped and clipped runs side by side."""
-    out = []
-    for (sweep, workload, algorithm), group in sorted(group_rows(summary, ("sweep", "workload", "algorithm")).items()):
-        plain = [r for r in group if r["clip_fraction"] == 0]
-        plain.sort(key=lambda r: r["clip_target"] != "grad")
-        base = plain[0] if plain else None
-        clipped = [r for r in group if r["clip_fraction"] != 0] or [None]
-        for clip in clipped:
-            out.append({
-                "sweep": sweep, "workload": workload, "algorithm": algorithm,
-                "lr": base["best_lr"] if base else None,
-                "lr_at_edge": base["best_lr_at_edge"] if base else None,
-                "final_loss_mean": base["final_loss_mean"] if base else None,
-                "final_loss_std": base["final_loss_std"] if base else None,
-                "n_seeds": base["n_seeds"] if base else None,
-                "n_diverged": base["n_diverged"] if base else None,
-                "clip_fraction": clip["clip_fraction"] if clip else None,
-                "clip_target": clip["clip_target"] if clip else None,
-                "clip_lr": clip["best_lr"] if clip else None,
-                "clip_lr_at_edge": clip["best_lr_at_edge"] if clip else None,
-                "clip_final_loss_mean": clip["final_loss_mean"] if clip else None,
-                "clip_final_loss_std": clip["final_loss_std"] if clip else None,
-                "clip_n_seeds": clip["n_seeds"] if clip else None,
-                "clip_n_diverged": clip["n_diverged"] if clip else None,
-                "steps_to_target": clip["baseline_steps_to_target"] if clip else None,
-                "clip_steps_to_target": clip["steps_to_target"] if clip else None,
-                "speedup": clip["speedup"] if clip else None,
-                "loss_ratio": clip["loss_ratio"] if clip else None,
-            })
+    """Paper Table 3: each clipped setting beside the unclipped one it was compared with (in the
+    summary's baseline_label); an unclipped setting that no clipped one refers to gets a row alone."""
+    by_key = {tuple(r[k] for k in SETTING_KEY): r for r in summary}
+    out, used = [], set()
+    for clip in sorted((r for r in summary if r["clip_fraction"] != 0), key=lambda r: key_order(_key(r))):
+        base_key = _baseline(by_key, clip)
+        base = by_key[base_key] if base_key is not None else None
+        if base is not None:
+            used.add(_key(base))
+        out.append(_table3_row(clip, base, clip))
+    for plain in sorted((r for r in summary if r["clip_fraction"] == 0), key=lambda r: key_order(_key(r))):
+        if _key(plain) not in used:
+            out.append(_table3_row(plain, plain, None))
     return out
+
+
+def _key(row: Row) -> tuple:
+    return tuple(row[k] for k in SETTING_KEY)
+
+
+def _table3_row(ident: Row, base: Row | None, clip: Row | None) -> dict[str, object]:
+    return {
+        **identity(ident, SETTING_KEY),
+        "clip_fraction": clip["clip_fraction"] if clip else None,
+        "clip_target": clip["clip_target"] if clip else None,
+        "baseline_label": base["label"] if base else None,
+        "lr": base["best_lr"] if base else None,
+        "lr_at_edge": base["best_lr_at_edge"] if base else None,
+        "final_loss_mean": base["final_loss_mean"] if base else None,
+        "final_loss_std": base["final_loss_std"] if base else None,
+        "n_seeds": base["n_seeds"] if base else None,
+        "n_diverged": base["n_diverged"] if base else None,
+        "clip_lr": clip["best_lr"] if clip else None,
+        "clip_lr_at_edge": clip["best_lr_at_edge"] if clip else None,
+        "clip_final_loss_mean": clip["final_loss_mean"] if clip else None,
+        "clip_final_loss_std": clip["final_loss_std"] if clip else None,
+        "clip_n_seeds": clip["n_seeds"] if clip else None,
+        "clip_n_diverged": clip["n_diverged"] if clip else None,
+        "steps_to_target": clip["baseline_steps_to_target"] if clip else None,
+        "clip_steps_to_target": clip["steps_to_target"] if clip else None,
+        "speedup": clip["speedup"] if clip else None,
+        "loss_ratio": clip["loss_ratio"] if clip else None,
+    }
 
 
 # --- sharpness, smoothness, curvature --------------------------------------------------------
@@ -253,7 +292,7 @@ def table1_sharpness_ratio(rows: Iterable[Row]) -> list[dict[str, object]]:
         undecided = {id(r): _undecided(r, sgd.get((r["trial_id"], r["step"]))) for r in group}
         for r in group:
             out.append({
-                **{k: r[k] for k in TRAJECTORY_KEY + ("step", "probe", "seed", "ratio_to_sgd")},
+                **identity(r, IDENTITY_LEVELS["trial"]), **{k: r[k] for k in ("step", "probe", "ratio_to_sgd")},
                 "status": r.get("status", FINISHED),
                 "trajectory": optimizer_label(r["algorithm"], r["clip_fraction"], r["clip_target"]),
                 "ratio_mean": mean(ratios) if ratios else None, "n_seeds": len(ratios),

@@ -40,8 +40,8 @@ def trial_tags(trial: Trial) -> dict[str, str]:
     """Every setting as a run tag, so that the UI's "Group by" and search work on each: the identity
     (pipeline.schemas.IDENTIFYING), the trajectory, the block label, each hparam (`hparams.<name>`, and
     `hparams` with all of them), the workload's size and the number of steps."""
-    tags = {**trial.identity(), "trajectory": trial.trajectory, "label": trial.label or "-",
-            "hparams": json.dumps(trial.hparams, sort_keys=True), "steps": trial.steps,
+    # `hparams` as the tables' column has it (pipeline.labels.hparams_key), so a row finds its runs.
+    tags = {**trial.identity(), "trajectory": trial.trajectory, "label": trial.label or "-", "steps": trial.steps,
             "workload_size": trial.workload.get("size", "-")}
     tags |= {f"hparams.{key}": value for key, value in trial.hparams.items()}
     return {k: "relative_step" if v is None and k == "lr" else str(v) for k, v in tags.items()}

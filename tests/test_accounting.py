@@ -26,7 +26,8 @@ def curve(offset: float) -> list[dict]:
 
 
 def trials_row() -> list[dict]:
-    return [{"node_ip": "n", "hostname": "h", "seconds": 1.0, "diverged_step": None, "diverged_loss": None}]
+    return [{"node_ip": "n", "hostname": "h", "seconds": 1.0, "diverged_step": None, "diverged_loss": None,
+             "run_id": None}]
 
 
 def make_sweep(root) -> tuple[ResultsLayout, dict[str, Trial]]:

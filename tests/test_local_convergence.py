@@ -6,16 +6,17 @@ import pytest
 
 from pipeline.local_convergence import local_vs_convergence
 
-KEY = {"sweep": "s", "workload": "w", "algorithm": "sgd", "clip_fraction": 0.0, "clip_target": "grad", "lr": 0.1}
+KEY = {"sweep": "s", "label": None, "workload": "w", "algorithm": "sgd", "clip_fraction": 0.0, "clip_target": "grad",
+       "hparams": "{}", "lr": 0.1}
 
 
-def summary(step, probe, reduction):
-    return {**KEY, "step": step, "probe": probe, "best_reduction": reduction}
+def summary(step, probe, reduction, **key):
+    return {**KEY, **key, "step": step, "probe": probe, "best_reduction": reduction}
 
 
-def converged(algorithm, clip, target, final, lr=0.01):
-    return {"sweep": "s", "workload": "w", "algorithm": algorithm, "clip_fraction": clip, "clip_target": target,
-            "best_lr": lr, "final_loss_mean": final}
+def converged(algorithm, clip, target, final, lr=0.01, label=None):
+    return {"sweep": "s", "label": label, "workload": "w", "algorithm": algorithm, "clip_fraction": clip,
+            "clip_target": target, "hparams": "{}", "best_lr": lr, "final_loss_mean": final}
 
 
 def test_ranks_and_spearman_by_hand():
@@ -41,3 +42,16 @@ def test_reversed_order_gives_a_negative_correlation():
     runs = [converged(p, 0.0, "grad", f) for p, f in (("a", 3.0), ("b", 2.0), ("c", 1.0))]
     out = local_vs_convergence(rows, runs)
     assert out[0]["rank_correlation"] == pytest.approx(-1.0)
+
+
+def test_trajectories_differing_in_hparams_stay_apart_and_a_block_label_picks_its_run():
+    rows = [summary(5, p, r, hparams=h, label="m") for h in ('{"momentum":0.0}', '{"momentum":0.9}')
+            for p, r in (("a", 0.3), ("b", 0.2), ("c", 0.1))]
+    # two convergence blocks train "a": the trajectory's own block label ("m") is the one ranked
+    runs = [converged("a", 0.0, "grad", 3.0, label="m"), converged("a", 0.0, "grad", 0.5, label="other"),
+            converged("b", 0.0, "grad", 2.0), converged("c", 0.0, "grad", 1.0)]
+    out = local_vs_convergence(rows, runs)
+    assert sorted({r["hparams"] for r in out}) == ['{"momentum":0.0}', '{"momentum":0.9}'] and len(out) == 6
+    assert all(r["label"] == "m" for r in out)
+    assert {r["final_loss_mean"] for r in out if r["probe"] == "a"} == {3.0}
+    assert [r["rank_correlation"] for r in out] == [pytest.approx(-1.0)] * 6

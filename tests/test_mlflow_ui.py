@@ -68,7 +68,7 @@ def test_progress_has_a_line_per_trial_and_phase_and_ends_with_the_summary(smoke
     summary = next(i for i, line in enumerate(lines) if re.match(r"sweep smoke: \d+ finished, ", line))
     assert SWEEP_LINE.fullmatch(lines[summary - 1])
     assert [line.split(":")[0] for line in lines[summary + 1:]] == ["records", "tables", "figures", "report",
-                                                                    "mlflow", "runs"]
+                                                                    "html", "mlflow", "runs"]
     # Ray's own chatter is off: no warnings, no status tables, no escape sequences.
     assert "WARNING" not in smoke.err and "network_util" not in smoke.err and "Trial status" not in smoke.out
     assert "\x1b" not in smoke.out + smoke.err
@@ -81,7 +81,7 @@ def test_the_mlflow_ui_lists_every_trial_in_the_saved_view(smoke):
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     top = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"report.md", "tables", "figures"} <= top
+    assert {"report.md", "report.html", "tables", "figures"} <= top
     if browser.find_chromium() is None:
         pytest.skip("no Chromium (Debian package `chromium`; `make test-tools` installs it)")
     shot = smoke.sweep_dir / "mlflow-ui.png"

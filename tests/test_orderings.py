@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from pipeline.labels import parse_label
 from pipeline.orderings import (
     CONTROL_MARGIN,
     PAPER_MIN_RATIO,
@@ -18,8 +19,15 @@ from pipeline.paper_values import load_paper_values
 PUBLISHED = load_paper_values()
 
 
+def setting(trajectory):
+    """The identity columns of a trajectory label, as Table 1 / Table 8 rows carry them."""
+    algorithm, fraction, target = parse_label(trajectory)
+    return {"sweep": "s", "label": None, "algorithm": algorithm, "clip_fraction": fraction, "clip_target": target,
+            "hparams": "{}", "trajectory": trajectory}
+
+
 def t1(workload, step, probe, ratio, *, trajectory="sgd", lr=0.1, n_undecided=0):
-    return {"sweep": "s", "workload": workload, "trajectory": trajectory, "lr": lr, "step": step,
+    return {**setting(trajectory), "workload": workload, "lr": lr, "step": step,
             "probe": probe, "ratio_mean": ratio, "seed": 0, "n_undecided": n_undecided}
 
 
@@ -127,7 +135,7 @@ def test_a_config_probe_without_a_published_row_has_no_paper_value():
 
 def t8(step, ratio, eps, ell_random_over_ell, factor=4.0, workload="classification"):
     ell = 10.0
-    return {"sweep": "s", "workload": workload, "trajectory": "adam", "lr": 1e-3, "outlier_factor": factor,
+    return {**setting("adam"), "workload": workload, "lr": 1e-3, "outlier_factor": factor,
             "gn_params": "attention", "control_seed": 0, "step": step, "ratio": ratio, "fraction_removed": eps,
             "L": ratio * ell, "ell": ell, "ell_random": ell * ell_random_over_ell,
             "ratio_random": ratio / ell_random_over_ell}

@@ -171,3 +171,19 @@ def test_polars_reads_records(tmp_path):
     pl = pytest.importorskip("polars")
     path = records.write_trial_records(tmp_path, {**IDENTITY, "lr": 0.5}, {"convergence": conv_rows()})[0]
     assert pl.read_parquet(path)["lr"].to_list() == [0.5] * 4
+
+
+def test_records_written_before_label_and_hparams_existed_still_read(tmp_path):
+    """An older sweep's records lack label/hparams (and trials its run_id): label and run id null, the
+    hparams from the trial's done mark."""
+    import json
+
+    layout = ResultsLayout(tmp_path)
+    records.write_trial_records(layout.records_dir(TRIAL.trial_id), IDENTITY, {"convergence": conv_rows(2)})
+    path = layout.records_dir(TRIAL.trial_id) / "convergence.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["label", "hparams"]), path)
+    layout.done_mark(TRIAL.trial_id).write_text(json.dumps({**TRIAL.to_json(), "hparams": {"beta2": 0.99}}))
+    data = records.read_trial_records(layout)["convergence"]
+    assert data.schema.names == TRIAL_TABLES["convergence"].schema.names
+    assert set(data.column("label").to_pylist()) == {None}
+    assert set(data.column("hparams").to_pylist()) == {'{"beta2":0.99}'}
