@@ -43,7 +43,10 @@ def local_vs_convergence(summary: Iterable[Row], convergence: Iterable[Row]) -> 
         finals = {p: float(r["final_loss_mean"]) for p, r in matched.items()
                   if r["final_loss_mean"] is not None and math.isfinite(float(r["final_loss_mean"]))}
         convergence_rank = _ranks(finals)
-        correlation = _spearman([reduction_rank[p] for p in finals], [convergence_rank[p] for p in finals])
+        # Both rankings over the same probes: the reduction ranks re-ranked among those with a convergence
+        # run (global ranks of a subset are no permutation, and rho would leave [-1, 1]).
+        shared_rank = _ranks({p: reduction_rank[p] for p in finals})
+        correlation = _spearman([shared_rank[p] for p in finals], [convergence_rank[p] for p in finals])
         trajectory = optimizer_label(ident["algorithm"], ident["clip_fraction"], ident["clip_target"])
         for probe, (m, n) in sorted(reductions.items(), key=lambda kv: reduction_rank[kv[0]]):
             run = matched.get(probe)

@@ -32,8 +32,8 @@ def test_ranks_and_spearman_by_hand():
     assert out["adam"]["best_reduction_mean"] == pytest.approx(0.3) and out["lion"]["n_points"] == 2
     assert [out[p]["convergence_rank"] for p in ("adam", "sgd_clip0.1", "sgd")] == [1, 2, 3]
     assert out["lion"]["convergence_rank"] is None and out["lion"]["final_loss_mean"] is None
-    # matched ranks (1, 2, 4) vs (1, 2, 3): identical order, rho = 1 - 6 * 1 / (3 * 8) = 0.75
-    assert out["sgd"]["rank_correlation"] == pytest.approx(0.75) and out["sgd"]["n_ranked"] == 3
+    # reduction ranks of the matched probes (1, 2, 4), re-ranked among them (1, 2, 3), vs (1, 2, 3): rho = 1
+    assert out["sgd"]["rank_correlation"] == pytest.approx(1.0) and out["sgd"]["n_ranked"] == 3
     assert {r["trajectory"] for r in out.values()} == {"sgd"}
 
 
@@ -55,3 +55,17 @@ def test_trajectories_differing_in_hparams_stay_apart_and_a_block_label_picks_it
     assert all(r["label"] == "m" for r in out)
     assert {r["final_loss_mean"] for r in out if r["probe"] == "a"} == {3.0}
     assert [r["rank_correlation"] for r in out] == [pytest.approx(-1.0)] * 6
+
+
+def test_rho_stays_in_range_when_few_probes_have_a_convergence_run():
+    # twelve probes ranked by reduction, three with a run, in the reverse order: rho = -1 (ranks of a
+    # subset taken as they are would give 1 - 6 * (4 + 16 + 121) / 24 = -34)
+    probes = [f"p{i:02d}" for i in range(12)]
+    rows = [summary(10, p, 1.0 - i / 100) for i, p in enumerate(probes)]
+    rows = [r for r in rows if r["probe"] not in ("p00", "p05", "p11")]
+    rows += [summary(10, "sgd", 1.0), summary(10, "adam", 0.95), summary(10, "lion", 0.89)]
+    runs = [converged("sgd", 0.0, "grad", 3.0), converged("adam", 0.0, "grad", 2.0),
+            converged("lion", 0.0, "grad", 1.0)]
+    out = {r["probe"]: r for r in local_vs_convergence(rows, runs)}
+    assert [out[p]["reduction_rank"] for p in ("sgd", "adam", "lion")] == [1, 6, 12]
+    assert out["sgd"]["rank_correlation"] == pytest.approx(-1.0) and out["sgd"]["n_ranked"] == 3
