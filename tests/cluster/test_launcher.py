@@ -461,8 +461,8 @@ def test_ray_up_submit_down_with_cluster_yaml():
         assert lc.health(), _tail(up)
         assert not lc.health(head.ip)
 
-        # The head's autoscaler sets up the worker (setup_commands, worker_start_ray_commands).
-        deadline = time.monotonic() + 600  # the autoscaler sets the worker up over SSH: minutes on a loaded 2-core machine
+        # The head's autoscaler sets up the worker (setup_commands, worker_start_ray_commands): minutes when loaded.
+        deadline = time.monotonic() + 600
         while not any(_comm(pid) == "raylet" for pid in worker.pids()):
             assert time.monotonic() < deadline, "the worker did not start Ray\n" + head.logs("monitor.*") + \
                 "\n" + worker.logs()
