@@ -67,8 +67,12 @@ def test_progress_has_a_line_per_trial_and_phase_and_ends_with_the_summary(smoke
     # The last progress line, then only the summary: the sweep's totals and where everything is.
     summary = next(i for i, line in enumerate(lines) if re.match(r"sweep smoke: \d+ finished, ", line))
     assert SWEEP_LINE.fullmatch(lines[summary - 1])
-    assert [line.split(":")[0] for line in lines[summary + 1:]] == ["records", "tables", "figures", "report",
-                                                                    "html", "mlflow", "runs"]
+    # records, then the accounting (the sweep's trials, one indented line per table), then where things are
+    heads = [line.split(":")[0] for line in lines[summary + 1:]]
+    assert heads[:2] == ["records", "trials"], heads
+    per_table = [h for h in heads[2:] if h.startswith("  ")]
+    assert {"  sharpness", "  convergence", "  trials"} <= set(per_table), heads
+    assert heads[2 + len(per_table):] == ["tables", "figures", "report", "html", "mlflow", "runs"], heads
     # Ray's own chatter is off: no warnings, no status tables, no escape sequences.
     assert "WARNING" not in smoke.err and "network_util" not in smoke.err and "Trial status" not in smoke.out
     assert "\x1b" not in smoke.out + smoke.err

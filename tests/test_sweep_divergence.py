@@ -48,4 +48,4 @@ def test_a_sweep_with_a_diverging_block_completes(ray_session, tmp_path, capsys)
     assert {r.data.tags["trial_id"]: (r.info.status, r.data.tags.get("status")) for r in runs} == {
         GOOD: ("FINISHED", "finished"), BAD: ("FINISHED", "diverged")}
     report = (sweep_dir / "report.md").read_text()
-    assert f"| {BAD} | 1 |" in report and "| adam | 1000 | diverged |" in report
+    assert f"| {BAD} | 1 |" in report and "| adam | [blowup] | 1000 (edge) | diverged |" in report, report
