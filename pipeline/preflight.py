@@ -97,28 +97,35 @@ def check_data(config: SweepConfig) -> None:
     """
     from pipeline.data.cache import DataMissingError, resolve_data_dir
 
-    seen: set[str] = set()
+    bounds: dict[str, tuple[int, int]] = {}
     for index, block in enumerate(config.experiments):
         spec = validate_workload_spec(block_workload(block, config))
-        key = json.dumps(spec, sort_keys=True, default=str)
-        if spec["source"] != "local" or key in seen:
+        if spec["source"] != "local":
             continue
-        seen.add(key)
+        key = json.dumps(spec, sort_keys=True, default=str)
         where = f"experiments.{index}.workload"
-        given = "data_dir" if config.data_dir is not None else f"{where}.data_dir"
-        folder = resolve_data_dir(spec["data_dir"])
-        if not folder.is_dir():
-            raise ConfigError(f"{given}: {folder} does not exist; expected the prepared corpora "
-                              f"(python -m pipeline setup --data-dir {folder})")
-        try:
-            train, test = example_bounds(spec)
-        except DataMissingError as err:
-            raise ConfigError(f"{given}: {err}") from None
-        for split, bound, size_key in (("training", train, "batch_size"), ("test", test, "test_batch_size")):
-            if spec[size_key] > bound:
-                raise ConfigError(f"{where}.{size_key}: {spec[size_key]} exceeds the {bound} {split} examples "
-                                  f"{'at most ' if spec['name'] == 'causal_lm' else ''}in the data; "
-                                  f"expected at most {bound}")
+        at_most = "at most " if spec["name"] == "causal_lm" else ""
+        if key not in bounds:
+            given = "data_dir" if config.data_dir is not None else f"{where}.data_dir"
+            folder = resolve_data_dir(spec["data_dir"])
+            if not folder.is_dir():
+                raise ConfigError(f"{given}: {folder} does not exist; expected the prepared corpora "
+                                  f"(python -m pipeline setup --data-dir {folder})")
+            try:
+                bounds[key] = example_bounds(spec)
+            except DataMissingError as err:
+                raise ConfigError(f"{given}: {err}") from None
+            train, test = bounds[key]
+            for split, bound, size_key in (("training", train, "batch_size"), ("test", test, "test_batch_size")):
+                if spec[size_key] > bound:
+                    raise ConfigError(f"{where}.{size_key}: {spec[size_key]} exceeds the {bound} {split} examples "
+                                      f"{at_most}in the data; expected at most {bound}")
+        if block.experiment == "sharpness":  # the fixed measurement batch (paper App. B) is drawn from a split
+            measure = block.measure
+            bound = bounds[key][0 if measure.batch == "train" else 1]
+            if measure.batch_size > bound:
+                raise ConfigError(f"experiments.{index}.measure.batch_size: {measure.batch_size} exceeds the {bound} "
+                                  f"{measure.batch} examples {at_most}in the data; expected at most {bound}")
 
 
 def example_bounds(spec: Mapping[str, Any]) -> tuple[int, int]:

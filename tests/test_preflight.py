@@ -36,6 +36,8 @@ CASES = [
     ("batch larger than the data", ["experiments.0.workload.batch_size=100000000"], "workload.batch_size:"),
     ("test batch larger than the data", ["experiments.1.workload.test_batch_size=100000000"],
      "workload.test_batch_size:"),
+    ("measurement batch larger than the data", ["experiments.0.measure.batch_size=100000000",
+                                                "experiments.0.measure.sub_batch_size=null"], "measure.batch_size:"),
     ("invalid model size", ["experiments.0.workload.model.num_layers=-1"], "workload.model.num_layers:"),
     ("measure.at beyond steps", ["experiments.0.measure.at=[0, 500]"], "measure.at:"),
     ("more cores than the machine", ["resources_per_trial.cpu=64"], "resources_per_trial.cpu:"),
