@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 from pipeline import figures as fig
-from pipeline.labels import optimizer_label, probe_sort_key, setting_text
-from pipeline.tables import group_rows, key_order, mean
-
-Rows = list[dict[str, object]]
-_TRAJECTORY = fig.TRAJECTORY  # block label and hparams included: two blocks are never merged
-
-
-def _table(header: Sequence[str], body: Sequence[Sequence[object]]) -> str:
-    from pipeline.report import markdown_table  # report imports this module: import at call time
-
-    return markdown_table(header, body)
-
-
-def _heading(key: Sequence[object], extra: str = "") -> str:
-    k = dict(zip(_TRAJECTORY, key))
-    suffix = setting_text(k)
-    return (f"### {k['workload']}: trajectory {optimizer_label(k['algorithm'], k['clip_fraction'], k['clip_target'])}"
-            f", lr {fig.lr_text(k['lr'])}" + (f" {suffix}" if suffix else "") + extra)
+from pipeline.labels import probe_sort_key
+from pipeline.report_cells import Rows, markdown_table, trajectories, trajectory_heading
+from pipeline.tables import group_rows, mean
 
 
 def _finite_mean(values: list[object]) -> float | None:
@@ -39,14 +23,15 @@ def landscape_section(rows: Rows) -> list[str]:
            "inside that bracket. `reduction` is the loss at s = 0 minus the lowest loss found (negative: no "
            "step lowered the loss), `best s` the step reaching it; means over seeds. `unbracketed` counts "
            "seeds whose loss still fell at the largest step tried (`tables/landscape_summary.parquet`).", ""]
-    for key, group in sorted(group_rows(rows, _TRAJECTORY).items(), key=lambda kv: key_order(kv[0])):
+    for key, group in trajectories(rows):
         body = []
         for (step, probe), cell in sorted(group_rows(group, ("step", "probe")).items(),
                                           key=lambda kv: (kv[0][0], probe_sort_key(kv[0][1]))):
             body.append([step, probe, _finite_mean([r["best_reduction"] for r in cell]),
                          _finite_mean([r["best_step"] for r in cell]), _finite_mean([r["rise_step"] for r in cell]),
                          sum(1 for r in cell if not r["bracketed"])])
-        out += [_heading(key), "", _table(["step", "probe", "reduction", "best s", "rise at", "unbracketed"], body), ""]
+        header = ["step", "probe", "reduction", "best s", "rise at", "unbracketed"]
+        out += [trajectory_heading(key), "", markdown_table(header, body), ""]
     return out
 
 
@@ -59,13 +44,14 @@ def local_vs_convergence_section(rows: Rows) -> list[str]:
            "same optimizer, by its final loss at its best lr (1 = lowest). `rank corr` is Spearman's rho "
            "between the two rankings over the probes that have both (positive: the link holds; `-` below three "
            "such probes) (`tables/local_vs_convergence.parquet`).", ""]
-    for key, group in sorted(group_rows(rows, _TRAJECTORY).items(), key=lambda kv: key_order(kv[0])):
+    for key, group in trajectories(rows):
         body = [[r["probe"], r["best_reduction_mean"], r["reduction_rank"], r["final_loss_mean"],
                  fig.lr_text(r["convergence_lr"]) if r["final_loss_mean"] is not None else None,
                  r["convergence_rank"]]
                 for r in sorted(group, key=lambda r: r["reduction_rank"])]
         corr = group[0]["rank_correlation"]
         corr_text = "-" if corr is None else f"{corr:.2f}"
-        out += [_heading(key, f": rank corr {corr_text} over {group[0]['n_ranked']} probes"), "",
-                _table(["probe", "reduction", "rank", "final loss", "at lr", "rank"], body), ""]
+        heading = trajectory_heading(key) + f": rank corr {corr_text} over {group[0]['n_ranked']} probes"
+        out += [heading, "",
+                markdown_table(["probe", "reduction", "rank", "final loss", "at lr", "rank"], body), ""]
     return out

@@ -180,12 +180,12 @@ def test_only_convergence_trials(tmp_path):
 
 
 def test_a_negative_robust_value_is_stated():
-    from pipeline.report import _negative_robust
+    from pipeline.report_sharpness import negative_robust
 
     base = {"workload": "causal_lm", "algorithm": "adam", "clip_fraction": 0.0, "clip_target": "grad", "step": 40}
     rows = [dict(base, probe="adafactor", robust=True, sharpness=-2e-3),
             dict(base, probe="lion", robust=True, sharpness=1e-3), dict(base, probe="sgd", robust=False, sharpness=1.0)]
-    text = "".join(_negative_robust(rows))
+    text = "".join(negative_robust(rows))
     assert "2 measured values were negative" in text
     assert "itself negative at 1 point(s) (causal_lm trajectory adam step 40 adafactor;" in text
-    assert "every robust value is positive" in "".join(_negative_robust(rows[1:]))
+    assert "every robust value is positive" in "".join(negative_robust(rows[1:]))
