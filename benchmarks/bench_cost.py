@@ -3,7 +3,8 @@
 For each workload at the tiny size, on this machine's CPU: the seconds of a training step (a
 convergence trial of --steps steps, no evaluation) and the extra seconds of one measurement point
 (a sharpness trial, or smoothness for the classifier, of the same steps measuring once at step 0,
-with the experiment's default settings), each the fastest of --repeats runs. Printed: both times and
+with the experiment's default settings but a measurement batch as large as the training batch:
+pipeline.cost scales by the configured one), each the fastest of --repeats runs. Printed: both times and
 their ratio, the measurement point in training-step equivalents (pipeline.cost.MEASURE_STEPS).
 Usage:
 
@@ -30,9 +31,10 @@ CASES = [("causal_lm", "sharpness"), ("translation", "sharpness"), ("image", "sh
 def seconds(workload: str, experiment: str, steps: int, at: list[int] | None, repeats: int) -> float:
     block = {"experiment": experiment, "workload": {"name": workload, "size": "tiny"}, "steps": steps,
              "algorithms": {"sgd" if experiment != "smoothness" else "adam": {"lr": 1e-3}}}
-    if at is not None:
-        block["measure"] = {"at": at}
     trial = validate({"name": "bench", "device": "cpu", "experiments": [block]}).trials[0]
+    if at is not None:  # measured on as many examples as a training step: the cost model scales it
+        block["measure"] = {"at": at, "batch_size": trial.workload["batch_size"]}
+        trial = validate({"name": "bench", "device": "cpu", "experiments": [block]}).trials[0]
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()

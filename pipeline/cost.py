@@ -1,9 +1,11 @@
 """GPU-hour estimates of a sweep's trials from a per-step cost model (an estimate, never a measurement).
 
 The model: a training step costs FLOPS_PER_EXAMPLE x batch FLOPs; a measurement point costs
-MEASURE_STEPS training steps (measured on CPU at the tiny size by benchmarks/bench_cost.py, scaled
-by the measurement batch over the training batch); the GPU delivers GPU_FLOPS. So a trial costs
-(steps + points x MEASURE_STEPS x test_batch/batch) x FLOPS_PER_EXAMPLE x batch / GPU_FLOPS seconds.
+MEASURE_STEPS training steps (measured on CPU at the tiny size by benchmarks/bench_cost.py with the
+measurement batch as large as the training batch, then scaled by the measurement batch over the
+training batch: `measure.batch_size` for sharpness, the test batch for smoothness); the GPU delivers
+GPU_FLOPS. So a sharpness trial costs (steps + points x MEASURE_STEPS x measure.batch_size/batch)
+x FLOPS_PER_EXAMPLE x batch / GPU_FLOPS seconds.
 Data loading, tokenizing, evaluation and Ray's start-up are left out: add some margin.
 """
 
@@ -68,7 +70,8 @@ def trial_cost(trial: Trial) -> TrialCost:
     points = len(trial.measure.steps(trial.steps)) if trial.experiment != "convergence" else 0
     ratio = MEASURE_STEPS.get((workload["name"], trial.experiment), DEFAULT_MEASURE_STEPS)
     step_flops = flops_per_example(workload) * workload["batch_size"]
-    measured = points * ratio * workload["test_batch_size"] / workload["batch_size"]
+    examples = trial.measure.batch_size if trial.experiment == "sharpness" else workload["test_batch_size"]
+    measured = points * ratio * examples / workload["batch_size"]
     evals = trial.steps // trial.eval_every if trial.eval_every else 0  # a test batch forward: a third of a step
     evals_steps = evals * workload["test_batch_size"] / workload["batch_size"] / 3
     seconds = (trial.steps + measured + evals_steps) * step_flops / GPU_FLOPS
