@@ -11,13 +11,11 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from pipeline.tracking_server import spawn, wait_healthy
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 RENDER_SECONDS = 120  # Chromium's wall-time limit for one page
@@ -70,19 +68,12 @@ def mlflow_ui(store_uri: str, log: Path) -> Iterator[str]:
     stopped on exit; yields its address."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    mlflow = Path(sys.executable).with_name("mlflow")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        server = subprocess.Popen(
-            [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", store_uri,
-             "--workers", "1"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        server = spawn("127.0.0.1", port, store_uri, out)
     try:
-        deadline = time.monotonic() + SERVER_SECONDS
-        while not _healthy(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not come up; its log: {log}")
-            time.sleep(0.5)
+        if not wait_healthy(server, url, SERVER_SECONDS):
+            raise RuntimeError(f"mlflow server did not come up; its log: {log}")
         yield url
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -92,11 +83,3 @@ def mlflow_ui(store_uri: str, log: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, 9)
             server.wait()
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False

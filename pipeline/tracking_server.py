@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from typing import BinaryIO
 from pathlib import Path
 
 HEALTH_TIMEOUT = 90.0  # seconds for the server to answer /health
@@ -48,6 +49,27 @@ def healthy(url: str) -> bool:
         return False
 
 
+def spawn(host: str, port: int, store: str, log: BinaryIO, artifacts: Path | None = None) -> subprocess.Popen:
+    """`mlflow server` on host:port over `store` (one worker), writing to `log`, in a process group of
+    its own (stop the group, not the pid: the server forks its workers)."""
+    argv = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", host, "--port", str(port),
+            "--backend-store-uri", store, "--workers", "1"]
+    if artifacts is not None:
+        argv += ["--default-artifact-root", artifacts.as_uri()]
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def wait_healthy(server: subprocess.Popen, url: str, seconds: float) -> bool:
+    """True once `url` answers its health check; False if the server exits or `seconds` pass first."""
+    deadline = time.monotonic() + seconds
+    while not healthy(url):
+        if server.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def _parse(args: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline tracking-server", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -69,22 +91,14 @@ def main(argv: Sequence[str]) -> int:
     store = resolve_tracking_uri(opts.store)
     artifacts = Path(opts.artifacts).expanduser().absolute()
     url = f"http://{opts.host}:{opts.port}"
-    log = open(opts.log, "ab")  # noqa: SIM115 - handed to the server process
-    mlflow = Path(sys.executable).with_name("mlflow")
-    server = subprocess.Popen(
-        [str(mlflow), "server", "--host", opts.host, "--port", str(opts.port), "--backend-store-uri", store,
-         "--default-artifact-root", artifacts.as_uri(), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-    deadline = time.monotonic() + HEALTH_TIMEOUT
-    while not healthy(url):
-        if server.poll() is not None or time.monotonic() > deadline:
-            _stop(server.pid)
-            tail = Path(opts.log).read_text(errors="replace").splitlines()[-20:]
-            print(f"error: tracking server at {url} did not become healthy; {opts.log}:", *tail, sep="\n",
-                  file=sys.stderr)
-            return 1
-        time.sleep(0.5)
+    with open(opts.log, "ab") as log:
+        server = spawn(opts.host, opts.port, store, log, artifacts)
+    if not wait_healthy(server, url, HEALTH_TIMEOUT):
+        _stop(server.pid)
+        tail = Path(opts.log).read_text(errors="replace").splitlines()[-20:]
+        print(f"error: tracking server at {url} did not become healthy; {opts.log}:", *tail, sep="\n",
+              file=sys.stderr)
+        return 1
     print(f"tracking server: {url} (store {store}, pid {server.pid})", flush=True)
     if opts.no_watch:
         return 0
