@@ -260,7 +260,8 @@ def sync_command(args: Sequence[str]) -> int:
         print(f"error: tracking_uri: {uri}: {first}; run the command again when the store answers", file=sys.stderr)
         return 1
     _say(f"{layout.sweep_dir}: {summary.trials} trials' runs hold their records ({summary.metrics} metric points "
-         f"sent), {len(summary.stale)} stale runs ended, {len(summary.missing)} planned trials without records")
+         f"sent), {len(summary.stale)} stale runs ended, {len(summary.missing)} planned trials without records, "
+         f"{summary.report_files} report files in the sweep's run")
     return 0
 
 

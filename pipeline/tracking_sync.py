@@ -4,9 +4,11 @@ The records are the source of truth; the tracking store may have missed part of 
 was down, the driver was killed). For each trial with a done mark this finds its run (by trial id,
 under the sweep's one run) or creates it, and sends what the run lacks: tags and params, the step
 metrics the records hold (each step once), the record files as artifacts; it ends the run FINISHED.
-Runs still RUNNING whose trial has no records end KILLED, and the sweep's run ends FINISHED when
-every planned trial has its records (else FAILED, naming how many lack them). Running it twice
-changes nothing the second time. It goes through the Tracker interface (pipeline.tracking).
+Runs still RUNNING whose trial has no records end KILLED, the sweep's report, tables and figures
+(when `sweep` or `aggregate` wrote them) go to the sweep's run as artifacts (a file of the same name
+replaced),
+and that run ends FINISHED when every planned trial has its records (else FAILED, naming how many
+lack them). Running it twice changes nothing the second time. It goes through the Tracker interface (pipeline.tracking).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class SyncSummary:
     metrics: int = 0  # metric points sent (those the runs lacked)
     stale: dict[str, str] = field(default_factory=dict)  # trial id -> status of a RUNNING run ended
     missing: list[str] = field(default_factory=list)  # planned trials without records
+    report_files: int = 0  # report, table and figure files now in the sweep's run
 
 
 def recorded_tracking(layout: ResultsLayout) -> dict[str, str]:
@@ -87,6 +90,7 @@ def sync(layout: ResultsLayout, tracker: Tracker, experiment: str) -> SyncSummar
         summary.trials += 1
         done.append(trial_id)
     summary.stale = sweep_run.close_stale(done, "ended by sync-mlflow: the trial has no records")
+    summary.report_files = sweep_run.log_report(layout)
     if summary.missing:
         sweep_run.end("FAILED", f"{len(summary.missing)} of {len(planned)} planned trials have no records")
     else:

@@ -277,7 +277,8 @@ def test_tracking_server_killed_mid_sweep_then_sync_restores_the_runs(sweep, tmp
         assert_clean(numbers)
         parents, children = runs(uri)
         assert [r.info.status for r in parents] == ["FINISHED"]
-        client = MlflowClient(uri)
+        client = MlflowClient(uri)  # the report the sweep could not upload is in the sweep's run now
+        assert {"report.md", "report.html", "tables"} <= {a.path for a in client.list_artifacts(parents[0].info.run_id)}
         for run in children:
             assert run.info.status == "FINISHED"
             assert [a.path for a in client.list_artifacts(run.info.run_id, "records")] == [

@@ -91,10 +91,18 @@ def test_sync_rebuilds_the_runs_from_the_records_once(uri, tmp_path):
     layout.write_plan(["trial0", "trial1", "trial2"])
     _finished_trial(layout, NoStore(), 0)  # tracking down: records only
     _finished_trial(layout, NoStore(), 1)
+    layout.tables_dir.mkdir(parents=True)  # what `aggregate` wrote while the store was down
+    (layout.tables_dir / "convergence.parquet").write_bytes(b"table")
+    (layout.sweep_dir / "report.md").write_text("# Sweep s\n")
     summary = sync(layout, tracking.open_tracker(uri), "s")
     assert (summary.trials, summary.missing, summary.metrics) == (2, ["trial2"], 2 * (4 + 1))
+    assert summary.report_files == 2
     runs = _runs(uri, "s")
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    held = MlflowClient(uri).list_artifacts(parent.info.run_id)
+    assert sorted(a.path for a in held) == ["report.md", "tables"]
+    assert [a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id, "tables")] == [
+        "tables/convergence.parquet"]
     children = {r.data.tags["trial_id"]: r for r in runs if r is not parent}
     assert sorted(children) == ["trial0", "trial1"] and parent.info.status == "FAILED"
     client = MlflowClient(uri)
