@@ -6,9 +6,9 @@ under the sweep's one run) or creates it, and sends what the run lacks: tags and
 metrics the records hold (each step once), the record files as artifacts; it ends the run FINISHED.
 Runs still RUNNING whose trial has no records end KILLED, the sweep's report, tables and figures
 (when `sweep` or `aggregate` wrote them) go to the sweep's run as artifacts (a file of the same name
-replaced),
-and that run ends FINISHED when every planned trial has its records (else FAILED, naming how many
-lack them). Running it twice changes nothing the second time. It goes through the Tracker interface (pipeline.tracking).
+replaced), and that run ends FINISHED when every planned trial has its records (else FAILED, naming
+how many lack them). Running it twice changes nothing the second time. It goes through the Tracker
+interface (pipeline.tracking).
 """
 
 from __future__ import annotations
