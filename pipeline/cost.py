@@ -35,15 +35,17 @@ PARAMETERS: Mapping[tuple[str, str], float] = {
 }
 # The paper's ResNet-152 needs 11.5 GMAC a 224x224 image; CIFAR's 32x32 is (32/224)^2 of that.
 RESNET152_CIFAR_MACS = 11.5e9 * (32 / 224) ** 2
-# A measurement point in training steps: its extra seconds over one training step at the same batch,
-# tiny size, default probes and landscape, measured on this project's 2-core CPU machine
-# (benchmarks/bench_cost.py --steps 20 --repeats 2, 2026-11-29). The smoothness point (gn_samples
-# one-example gradients and a small SVD) was below that benchmark's resolution: taken as one step.
+# A measurement point in training steps: its extra seconds over one training step, measured with the
+# measurement batch as large as the training batch, at the tiny size with the default probes,
+# landscape step search and histogram, on this project's 2-core CPU machine
+# (benchmarks/bench_cost.py --steps 20 --repeats 2, 2026-11-29, after the step search and the
+# training-set measurement batch; the earlier figures, 22-85, predate both). The smoothness point
+# (gn_samples one-example gradients and a small SVD) is near one step.
 MEASURE_STEPS: Mapping[tuple[str, str], float] = {
-    ("causal_lm", "sharpness"): 64.5, ("translation", "sharpness"): 36.6, ("image", "sharpness"): 85.2,
-    ("classification", "sharpness"): 22.3, ("classification", "smoothness"): 1.0,
+    ("causal_lm", "sharpness"): 96.2, ("translation", "sharpness"): 216.0, ("image", "sharpness"): 146.0,
+    ("classification", "sharpness"): 71.1, ("classification", "smoothness"): 1.7,
 }
-DEFAULT_MEASURE_STEPS = 64.5
+DEFAULT_MEASURE_STEPS = 96.2
 
 
 def flops_per_example(workload: Mapping[str, Any]) -> float:
