@@ -27,24 +27,11 @@ from pipeline import sweep
 from pipeline.__main__ import main
 from pipeline.config import load_config
 from pipeline.experiments import EXPERIMENTS
+from tests.retry_testing import STEPS, VICTIM, checkpoint_step, retry_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-STEPS = 150  # at most tracking.MAX_POINTS_PER_METRIC: MLflow gets every step's metrics
-CONFIG = f"""
-name: retry
-device: cpu
-ray: {{max_concurrent_trials: 1}}
-retry: {{max_failures: 2, checkpoint_every: 20}}
-experiments:
-  - experiment: convergence
-    workload: {{name: causal_lm, size: tiny, batch_size: 4, seq_len: 32}}
-    steps: {STEPS}
-    seeds: [0, 1]
-    algorithms:
-      adam: {{lr: 0.001}}
-"""
-VICTIM = "convergence-causal_lm-adam-lr0.001-seed0"
+CONFIG = retry_config()
 
 
 def _descendants(root: int) -> list[int]:
@@ -74,12 +61,6 @@ def _trainable_workers() -> list[int]:
     return pids
 
 
-def _checkpoint_step(path: Path) -> int:
-    with contextlib.suppress(Exception):  # absent, or (never partial: atomic) replaced while read
-        return int(torch.load(path, weights_only=True)["step"])
-    return 0
-
-
 def test_a_killed_worker_s_trial_resumes_from_its_checkpoint_each_step_once(ray_session, tmp_path):
     path = tmp_path / "retry.yaml"
     path.write_text(CONFIG)
@@ -97,7 +78,7 @@ def test_a_killed_worker_s_trial_resumes_from_its_checkpoint_each_step_once(ray_
         """SIGKILL the victim's worker once its checkpoint is at step 20 or later, before it is done."""
         checkpoint, done = layout.checkpoint_file(VICTIM), layout.done_mark(VICTIM)
         while not done.exists() and "outcome" not in seen:
-            step = _checkpoint_step(checkpoint)
+            step = checkpoint_step(checkpoint)
             workers = _trainable_workers()
             if step >= 20 and len(workers) == 1 and not done.exists():
                 seen["killed_at_step"], seen["kill_time"] = step, time.time()

@@ -13,30 +13,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 from mlflow import MlflowClient
 
 from tests.cluster.cluster_testing import ROOT, TwoNodeCluster, can_run
+from tests.retry_testing import STEPS, VICTIM, checkpoint_step, retry_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.cluster,
               pytest.mark.skipif(can_run() is not None, reason=f"two-node cluster: {can_run()}")]
 
-STEPS = 150
-CONFIG = f"""
-name: retry
-device: cpu
-ray: {{max_concurrent_trials: 1}}
-resources_per_trial: {{cpu: 1, custom: {{worker_node: 1}}}}
-retry: {{max_failures: 2, checkpoint_every: 20}}
-experiments:
-  - experiment: convergence
-    workload: {{name: causal_lm, size: tiny, batch_size: 4, seq_len: 32}}
-    steps: {STEPS}
-    seeds: [0, 1]
-    algorithms:
-      adam: {{lr: 0.001}}
-"""
-VICTIM = "convergence-causal_lm-adam-lr0.001-seed0"
+CONFIG = retry_config("resources_per_trial: {cpu: 1, custom: {worker_node: 1}}")
 
 
 def _title(pid: int) -> str:
@@ -44,13 +29,6 @@ def _title(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
     except OSError:
         return ""
-
-
-def _checkpoint_step(path: Path) -> int:
-    try:
-        return int(torch.load(path, weights_only=True)["step"])
-    except Exception:  # absent (atomic writes: never partial)
-        return 0
 
 
 def test_a_trial_killed_on_the_worker_node_resumes_from_the_checkpoint_on_the_head(tmp_path):
@@ -66,7 +44,7 @@ def test_a_trial_killed_on_the_worker_node_resumes_from_the_checkpoint_on_the_he
         killed = None
         deadline = time.monotonic() + 600
         while proc.poll() is None and time.monotonic() < deadline and killed is None:
-            step = _checkpoint_step(checkpoint)
+            step = checkpoint_step(checkpoint)
             workers = [p for p in cluster.worker.pids() if _title(p).startswith("ray::ImplicitFunc")]
             if step >= 20 and len(workers) == 1 and not done.exists():
                 os.kill(workers[0], signal.SIGKILL)
