@@ -71,9 +71,7 @@ def sweep_command(args: Sequence[str]) -> int:
     try:
         lock.acquire()
         plan = plan_sweep(config)  # again, under the lock: what a run that just ended finished
-    except SweepLocked as err:
-        return _error(str(err))
-    except ConfigError as err:
+    except (SweepLocked, ConfigError) as err:
         return _error(str(err))
     try:
         with stop_signals() as signals:
@@ -251,13 +249,11 @@ def sync_command(args: Sequence[str]) -> int:
     try:
         with SweepLock(layout.sweep_dir):
             summary = sync(layout, open_tracker(uri), recorded.get("experiment") or layout.sweep_dir.name)
-    except SweepLocked as err:
-        return _error(str(err))
-    except TrackingError as err:
+    except (SweepLocked, TrackingError) as err:
         return _error(str(err))
     except Exception as err:  # the store failed half-way: running the command again carries on
-        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        print(f"error: tracking_uri: {uri}: {first}; run the command again when the store answers", file=sys.stderr)
+        print(f"error: tracking_uri: {uri}: {_error_line(err)}; run the command again when the store answers",
+              file=sys.stderr)
         return 1
     _say(f"{layout.sweep_dir}: {summary.trials} trials' runs hold their records ({summary.metrics} metric points "
          f"sent), {len(summary.stale)} stale runs ended, {len(summary.missing)} planned trials without records, "

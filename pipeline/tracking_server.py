@@ -20,8 +20,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import BinaryIO
 from pathlib import Path
+from typing import BinaryIO
 
 HEALTH_TIMEOUT = 90.0  # seconds for the server to answer /health
 WATCH_SECONDS = 3.0
