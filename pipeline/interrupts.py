@@ -45,10 +45,6 @@ class StopSignals:
         for sig in SIGNALS:
             signal.signal(sig, self.handler)
 
-    @property
-    def exit_code(self) -> int | None:
-        return None if self.signum is None else 128 + self.signum
-
 
 @contextlib.contextmanager
 def stop_signals() -> Iterator[StopSignals]:
